@@ -1,0 +1,85 @@
+"""Argument checks shared by the public API.
+
+Every check raises ``TypeError`` or ``ValueError`` with a message that names the offending argument and its
+value or shape, so that a user sees at once what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_choice",
+    "check_compute_dtype",
+    "check_feature_tensor",
+    "check_nonnegative",
+    "check_positive",
+    "check_probability",
+]
+
+
+def check_feature_tensor(z: object, name: str = "z", *, min_rows: int = 2) -> Tensor:
+    """Checks that ``z`` is a floating tensor of shape ``(..., n, d)`` with ``n >= min_rows`` and ``d >=
+    1``."""
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {z.dtype}"
+        )
+    if z.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (..., n, d) with at least 2 dims, got shape {tuple(z.shape)}"
+        )
+    n, d = z.shape[-2], z.shape[-1]
+    if n < min_rows:
+        raise ValueError(
+            f"{name} needs at least {min_rows} rows (n) per set, got n={n} in shape {tuple(z.shape)}"
+        )
+    if d < 1:
+        raise ValueError(f"{name} needs at least one feature (d >= 1), got shape {tuple(z.shape)}")
+    return z
+
+
+def check_positive(value: object, name: str) -> float:
+    """Checks that ``value`` is a finite real number > 0 and returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """Checks that ``value`` is a finite real number >= 0 and returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_probability(value: object, name: str) -> float:
+    """Checks that ``value`` is a real number in ``[0, 1]`` and returns it as a float."""
+    out = check_nonnegative(value, name)
+    if out > 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return out
+
+
+def check_choice(value: object, name: str, choices: Collection[str]) -> str:
+    """Checks that ``value`` is one of the strings in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_compute_dtype(value: object) -> torch.dtype | None:
+    """Checks the ``compute_dtype`` argument: ``None``, ``torch.float32`` or ``torch.float64``."""
+    if value is None or value in (torch.float32, torch.float64):
+        return value
+    raise ValueError(f"compute_dtype must be None, torch.float32 or torch.float64, got {value!r}")

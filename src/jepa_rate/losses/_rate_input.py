@@ -1,0 +1,61 @@
+"""Input handling shared by the coding-rate losses: checks, the float32 island and preprocessing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jepa_rate._validation import check_compute_dtype, check_positive
+
+__all__ = [
+    "DEFAULT_EPS",
+    "NONFINITE_POLICIES",
+    "check_all_finite",
+    "rate_scale_numerator",
+    "to_compute_dtype",
+]
+
+# MCR²'s default: eps plays the role of eps² in R = 1/2 logdet(I + d/(n·eps) ZᵀZ).
+DEFAULT_EPS = 0.5
+NONFINITE_POLICIES = ("propagate", "raise")
+
+
+def rate_scale_numerator(eps: float | None, alpha: float | None, d: int) -> float:
+    """Returns ``c`` such that the scale is ``a = c / n``: ``d / eps``, or ``alpha`` when it is given.
+
+    Raises:
+        ValueError: When both ``eps`` and ``alpha`` are given, or either is not a finite positive number.
+    """
+    if alpha is not None:
+        if eps is not None:
+            raise ValueError(f"give either eps or alpha, not both (got eps={eps!r}, alpha={alpha!r})")
+        return check_positive(alpha, "alpha")
+    return d / check_positive(DEFAULT_EPS if eps is None else eps, "eps")
+
+
+def to_compute_dtype(z: Tensor, compute_dtype: torch.dtype | None, *, normalize: bool = False) -> Tensor:
+    """Casts ``z`` to the compute dtype and optionally L2-normalizes its rows.
+
+    The compute dtype is float64 when ``z`` is float64 or ``compute_dtype=torch.float64``, else float32:
+    bf16/fp16 features never reach the Gram matrix in their own precision. Must be called with autocast
+    disabled.
+    """
+    dtype = check_compute_dtype(compute_dtype)
+    if dtype is None:
+        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    x = z.to(dtype)
+    if normalize:
+        x = F.normalize(x, dim=-1)
+    return x
+
+
+def check_all_finite(z: Tensor, name: str = "z") -> None:
+    """Raises ``ValueError`` if ``z`` holds NaN or Inf. Costs one device-to-host sync."""
+    finite = torch.isfinite(z)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} contains NaN or Inf (first at index {tuple(bad)}, value {z[tuple(bad)].item()!r}); "
+            "pass nonfinite='propagate' to get NaN out instead of this error"
+        )

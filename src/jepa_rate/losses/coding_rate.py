@@ -1,0 +1,284 @@
+"""The coding rate ``R(Z) = 1/2 logdet(I + d/(n·eps) ZᵀZ)`` as a function and as a loss module."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from jepa_rate._validation import check_choice, check_compute_dtype, check_feature_tensor, check_nonnegative
+from jepa_rate.losses._rate_input import (
+    NONFINITE_POLICIES,
+    check_all_finite,
+    rate_scale_numerator,
+    to_compute_dtype,
+)
+from jepa_rate.numerics.distributed import global_row_mean, require_process_group, world_size
+from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, gram_half_logdet
+
+__all__ = ["CodingRateComponents", "CodingRateLoss", "coding_rate"]
+
+
+class CodingRateComponents(NamedTuple):
+    """The terms of :class:`CodingRateLoss`, for logging. All are tensors; reading them syncs nothing.
+
+    Attributes:
+        loss: ``-weight * rate``, the quantity to minimize.
+        rate: The coding rate ``R``, averaged over leading batch dimensions.
+        normalized_rate: ``R / R_max`` in ``[0, 1]``, averaged likewise, where ``R_max = k/2·log(1 +
+            a·tr(ZᵀZ)/k)``
+            (``k = min(n, d)``) is the AM-GM bound at the batch's own energy: 1 means an isotropic spectrum,
+            ``~1/k`` a collapse onto one direction. 0 for an all-zero batch.
+        scale: The effective scale ``a`` in ``I + a ZᵀZ`` (uses the global ``n`` when distributed).
+        fallback_count: How many sets had a failed factorization and took the fallback (int64).
+    """
+
+    loss: Tensor
+    rate: Tensor
+    normalized_rate: Tensor
+    scale: Tensor
+    fallback_count: Tensor
+
+
+class _RateResult(NamedTuple):
+    core: GramLogdet
+    scale: float
+    k: int
+    batch_shape: torch.Size
+
+
+def _rate(
+    z: Tensor,
+    *,
+    eps: float | None,
+    alpha: float | None,
+    center: bool,
+    normalize: bool,
+    compute_dtype: torch.dtype | None,
+    gather_distributed: bool,
+    group: Any,
+    nonfinite: str,
+    fallback: str,
+) -> _RateResult:
+    check_feature_tensor(z)
+    check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
+    check_choice(fallback, "fallback", FALLBACKS)
+    n, d = z.shape[-2], z.shape[-1]
+    numerator = rate_scale_numerator(eps, alpha, d)
+    if gather_distributed:
+        require_process_group(group)
+    if nonfinite == "raise":
+        check_all_finite(z)
+    total_n = n * world_size(group) if gather_distributed else n
+    mode: ReduceMode = "local"
+    if gather_distributed:
+        mode = "reduce" if d <= total_n else "gather"
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        x = to_compute_dtype(z, compute_dtype, normalize=normalize)
+        if center:
+            x = x - (global_row_mean(x, group) if gather_distributed else x.mean(dim=-2, keepdim=True))
+        x = x.reshape(-1, n, d)
+        scale = numerator / total_n
+        core = gram_half_logdet(
+            x,
+            x.new_full((x.shape[0],), scale),
+            mode=mode,
+            group=group,
+            fallback=fallback,  # type: ignore[arg-type]
+        )
+    out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    core = GramLogdet(core.rate.to(out_dtype), core.failed, core.scaled_trace.to(out_dtype))
+    return _RateResult(core, scale, min(total_n, d), z.shape[:-2])
+
+
+def coding_rate(
+    z: Tensor,
+    *,
+    eps: float | None = None,
+    alpha: float | None = None,
+    center: bool = False,
+    normalize: bool = False,
+    compute_dtype: torch.dtype | None = None,
+    gather_distributed: bool = False,
+    group: Any = None,
+    nonfinite: str = "propagate",
+    fallback: Fallback = "zero",
+) -> Tensor:
+    """The coding rate ``R(Z) = 1/2 logdet(I + a ZᵀZ)`` of each set of ``n`` embeddings of dimension ``d``.
+
+    ``a = d / (n·eps)`` by default, or ``a = alpha / n`` when ``alpha`` is given. **``eps`` plays the role of
+    eps² exactly as in the MCR² code** (``scalar = p / (m * eps)``), so ``alpha = d / eps``. The seq-JEPA
+    "Step 2" regularizer ``logdet(I + alpha·C)``, ``C = Z_cᵀZ_c / n``, equals
+    ``2 * coding_rate(z, alpha=alpha, center=True)``. ``R >= 0``; maximize it to keep embeddings from
+    collapsing (:class:`CodingRateLoss` returns the quantity to minimize).
+
+    The determinant is taken on the smaller side (``logdet(I_d + a ZᵀZ) = logdet(I_n + a ZZᵀ)``) with one
+    Cholesky factorization reused by an analytic backward pass. Autocast is disabled inside: bf16/fp16
+    inputs are cast to float32 and the Gram matrix is accumulated and stored in float32 (float64 with
+    ``compute_dtype=torch.float64`` or float64 input). Nothing syncs with the host on the default path, and
+    it works under ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no double
+    backward).
+
+    Args:
+        z: Embeddings, ``(..., n, d)``; leading dimensions are independent sets computed in one call.
+        eps: The distortion ``eps`` (as eps²), > 0. Default 0.5 (MCR²'s). Exclusive with ``alpha``.
+        alpha: Give the scale directly as ``a = alpha / n`` instead of through ``eps``, > 0.
+        center: Subtract the mean over the ``n`` rows first (the global mean when distributed).
+        normalize: L2-normalize each row first (before centering when both are set).
+        compute_dtype: ``None`` (float32, or float64 for float64 input) or ``torch.float64`` to form the Gram
+            and factor it in float64 for full precision at any scale.
+        gather_distributed: Compute the rate of the global batch over all ranks of ``group`` (every rank must
+            pass the same ``n``). The ``d x d`` Gram is summed with ``all_reduce`` when ``d <= n·world``, else
+            the rows are ``all_gather``-ed and the ``n·world`` side is factored; ``a`` uses the global ``n``.
+            Gradient convention: each rank's backward sums the upstream gradients of all ranks, so with
+            DDP's mean all-reduce the parameter gradients equal those of one process on the concatenated
+            batch.
+        group: The process group (``None``: the default group).
+        nonfinite: ``"propagate"`` (default): NaN/Inf in ``z`` give NaN rate and NaN gradient for that set,
+            never a finite wrong value; ``"raise"``: ``ValueError`` naming the first bad entry (one host
+            sync).
+        fallback: For a set whose factorization fails on finite input (only when ``u·a·||ZᵀZ|| ≳ 1``):
+            ``"zero"`` (default): rate 0 and zero gradient, chosen on the device, counted by
+            :meth:`CodingRateLoss.forward_components`; ``"float64"``: recompute those sets in float64
+            (one host
+            sync); ``"raise"``: ``torch.linalg.LinAlgError`` (one host sync).
+
+    Returns:
+        The rate of each set, float32 (float64 for float64 input).
+
+    Raises:
+        TypeError: If ``z`` is not a floating tensor.
+        ValueError: For a bad shape (fewer than 2 dims, ``n < 2``), non-positive ``eps``/``alpha``, both
+            given,
+            an unknown ``nonfinite``/``fallback``, or non-finite ``z`` with ``nonfinite="raise"``.
+        RuntimeError: If ``gather_distributed=True`` and no process group is initialized.
+
+    Shape:
+        - z: ``(*, n, d)``
+        - output: ``(*)``
+
+    Examples:
+        >>> z = torch.randn(256, 64)
+        >>> rate = coding_rate(z, eps=0.5)
+        >>> rate.shape, bool(rate > 0)
+        (torch.Size([]), True)
+        >>> views = torch.randn(10, 100, 1024)  # EMP-SSL: 10 patches of 100 x 1024, one batched call
+        >>> coding_rate(views, eps=0.2).shape
+        torch.Size([10])
+        >>> float(coding_rate(torch.zeros(8, 4)))
+        0.0
+    """
+    return _rate(
+        z,
+        eps=eps,
+        alpha=alpha,
+        center=center,
+        normalize=normalize,
+        compute_dtype=compute_dtype,
+        gather_distributed=gather_distributed,
+        group=group,
+        nonfinite=nonfinite,
+        fallback=fallback,
+    ).core.rate.reshape(z.shape[:-2])
+
+
+class CodingRateLoss(nn.Module):
+    """Negative coding rate ``-weight · R(Z)``, averaged over sets: minimize it to maximize the rate.
+
+    All settings are validated here; they have the meaning given in :func:`coding_rate`.
+
+    Args:
+        weight: Multiplier of the rate in the loss, >= 0 (seq-JEPA Step 2 uses 0.01 to 0.03 on
+            ``logdet(I + C)``, which is ``2 · weight`` here at ``alpha=1, center=True``).
+        eps: See :func:`coding_rate`.
+        alpha: See :func:`coding_rate`.
+        center: See :func:`coding_rate`.
+        normalize: See :func:`coding_rate`.
+        compute_dtype: See :func:`coding_rate`.
+        gather_distributed: See :func:`coding_rate`.
+        nonfinite: See :func:`coding_rate`.
+        fallback: See :func:`coding_rate`.
+
+    Raises:
+        ValueError: For invalid settings, naming the value.
+
+    Shape:
+        - input: ``(*, n, d)``
+        - output: scalar
+
+    Examples:
+        >>> loss_fn = CodingRateLoss(weight=0.02, alpha=1.0, center=True)
+        >>> z = torch.randn(64, 32, requires_grad=True)
+        >>> loss = loss_fn(z)
+        >>> loss.backward()
+        >>> parts = loss_fn.forward_components(z.detach())
+        >>> bool(0 < parts.normalized_rate <= 1), int(parts.fallback_count)
+        (True, 0)
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        *,
+        eps: float | None = None,
+        alpha: float | None = None,
+        center: bool = False,
+        normalize: bool = False,
+        compute_dtype: torch.dtype | None = None,
+        gather_distributed: bool = False,
+        nonfinite: str = "propagate",
+        fallback: Fallback = "zero",
+    ) -> None:
+        super().__init__()
+        self.weight = check_nonnegative(weight, "weight")
+        rate_scale_numerator(eps, alpha, 1)  # validates eps / alpha now rather than at the first batch
+        self.eps = eps
+        self.alpha = alpha
+        self.center = bool(center)
+        self.normalize = bool(normalize)
+        self.compute_dtype = check_compute_dtype(compute_dtype)
+        self.gather_distributed = bool(gather_distributed)
+        self.nonfinite = check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
+        self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]
+
+    def extra_repr(self) -> str:
+        scale = f"alpha={self.alpha}" if self.alpha is not None else f"eps={self.eps}"
+        return (
+            f"weight={self.weight}, {scale}, center={self.center}, normalize={self.normalize}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
+
+    def _result(self, z: Tensor) -> _RateResult:
+        return _rate(
+            z,
+            eps=self.eps,
+            alpha=self.alpha,
+            center=self.center,
+            normalize=self.normalize,
+            compute_dtype=self.compute_dtype,
+            gather_distributed=self.gather_distributed,
+            group=None,
+            nonfinite=self.nonfinite,
+            fallback=self.fallback,
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Returns ``-weight · mean(R)`` over the sets in ``z``."""
+        return -self.weight * self._result(z).core.rate.mean()
+
+    def forward_components(self, z: Tensor) -> CodingRateComponents:
+        """Returns the loss and its terms (see :class:`CodingRateComponents`), from one evaluation."""
+        result = self._result(z)
+        rate = result.core.rate
+        k = result.k
+        r_max = 0.5 * k * torch.log1p(result.core.scaled_trace / k)
+        ratio = torch.where(r_max > 0, rate / r_max.clamp_min(torch.finfo(rate.dtype).tiny), 0.0)
+        mean_rate = rate.mean()
+        return CodingRateComponents(
+            loss=-self.weight * mean_rate,
+            rate=mean_rate,
+            normalized_rate=ratio.mean(),
+            scale=torch.tensor(result.scale, dtype=rate.dtype, device=rate.device),
+            fallback_count=result.core.failed.sum(),
+        )

@@ -1,0 +1,23 @@
+"""Test configuration: hypothesis profiles and shared fixtures.
+
+CI sets ``CI=true``, which makes hypothesis load its built-in ``ci`` profile (derandomized, no deadline).
+Locally the ``dev`` profile below applies: fewer examples, no deadline (the first call of a torch op can be
+slow), so that the suite stays quick on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+if not os.environ.get("CI"):
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch() -> None:
+    torch.manual_seed(0)
