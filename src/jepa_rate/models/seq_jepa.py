@@ -1,0 +1,371 @@
+"""seq-JEPA: predict the embedding of the next view of a sequence from an [AGG] summary and the next action.
+
+Ghaemi et al., "seq-JEPA: Autoregressive Predictive Learning of Invariant-Equivariant World Models"
+(NeurIPS 2025). Reference code: github.com/hafezgh/seq-jepa.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa_rate._validation import check_choice, check_nonnegative, check_positive
+from jepa_rate.losses.coding_rate import CodingRateLoss
+from jepa_rate.modules._padding import check_padding_mask, reverse_valid_prefix
+from jepa_rate.modules.action_encoder import ActionEncoder
+from jepa_rate.modules.aggregator import SeqAggregator
+from jepa_rate.modules.ema import BufferPolicy, EMATarget
+from jepa_rate.modules.predictor import ActionConditionedPredictor, PredictorNorm
+from jepa_rate.schedules import Schedule
+
+__all__ = ["PredictionLossKind", "SeqJEPA", "SeqJEPAOutput", "prediction_loss"]
+
+PredictionLossKind = Literal["cosine", "mse", "smooth_l1"]
+TargetMode = Literal["ema", "stopgrad"]
+RateOn = Literal["agg", "encoder"]
+
+
+def prediction_loss(
+    prediction: Tensor, target: Tensor, kind: PredictionLossKind = "cosine", *, beta: float = 1.0
+) -> Tensor:
+    """Per-sample JEPA prediction loss between L2-normalised embeddings, averaged over the batch.
+
+    - ``"cosine"``: ``1 - cos(p, t)`` (upstream seq-JEPA).
+    - ``"mse"``: ``||p/|p| - t/|t| ||²`` summed over features, which equals ``2 - 2 cos(p, t)``.
+    - ``"smooth_l1"``: Smooth-L1 (Huber with threshold ``beta``) between the normalised vectors, summed
+      over features.
+
+    Args:
+        prediction: Predicted embeddings ``(B, D)``.
+        target: Target embeddings ``(B, D)``; the caller detaches them.
+        kind: Loss kind.
+        beta: Threshold of the Smooth-L1 loss.
+
+    Returns:
+        Scalar loss.
+
+    Raises:
+        ValueError: If the shapes differ or ``kind`` is unknown.
+
+    Examples:
+        >>> p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> prediction_loss(p, p), prediction_loss(p, -p, "mse")
+        (tensor(0.), tensor(4.))
+    """
+    check_choice(kind, "kind", ("cosine", "mse", "smooth_l1"))
+    if prediction.shape != target.shape or prediction.ndim != 2:
+        raise ValueError(
+            f"prediction and target must have the same shape (B, D), got {tuple(prediction.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    if kind == "cosine":
+        return 1.0 - F.cosine_similarity(prediction, target, dim=-1).mean()
+    p, t = F.normalize(prediction, dim=-1), F.normalize(target, dim=-1)
+    if kind == "mse":
+        return (p - t).square().sum(dim=-1).mean()
+    return F.smooth_l1_loss(p, t, reduction="none", beta=check_positive(beta, "beta")).sum(dim=-1).mean()
+
+
+def _last_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """``x[b, lengths[b] - 1]`` for every row ``b`` (``x[:, -1]`` without padding)."""
+    if lengths is None:
+        return x[:, -1]
+    return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+
+
+class SeqJEPAOutput(NamedTuple):
+    """Everything one :class:`SeqJEPA` step computes, so probes and diagnostics need no second pass.
+
+    Attributes:
+        loss: Total loss ``prediction_weight * prediction_loss + rate_weight * rate_loss`` (scalar).
+        prediction_loss: The prediction loss (scalar; averaged over both directions when symmetric).
+        rate_loss: The coding-rate loss ``-R`` (scalar; a constant 0 when the regularizer is off).
+        prediction_weight: Weight of the prediction loss.
+        rate_weight: Weight of the rate loss used in this step (0 when the regularizer is off).
+        z_agg: ``(B, d_model)`` [AGG] output of the forward direction (the invariant representation).
+        encodings: ``(B, T - 1, D)`` online encoder outputs of the observed views (the equivariant
+            representations), zero at padded positions.
+        prediction: ``(B, D)`` predicted embedding of the target view (forward direction).
+        target: ``(B, D)`` target embedding of the last valid view (detached).
+    """
+
+    loss: Tensor
+    prediction_loss: Tensor
+    rate_loss: Tensor
+    prediction_weight: float
+    rate_weight: float
+    z_agg: Tensor
+    encodings: Tensor
+    prediction: Tensor
+    target: Tensor
+
+
+class SeqJEPA(nn.Module):
+    """seq-JEPA: encoder + action embeddings + [AGG] transformer + action-conditioned predictor.
+
+    Each of the ``T`` views of a sequence is encoded; the first ``T - 1`` (observed) encodings, each
+    concatenated with the embedding of the action leaving that view (zero for the last observed view), are
+    aggregated by :class:`~jepa_rate.modules.SeqAggregator`; from ``z_AGG`` and the embedding of the action
+    from the last observed view to the last view, :class:`~jepa_rate.modules.ActionConditionedPredictor`
+    predicts the embedding of the last view, given by a stop-gradient target: an EMA copy of the encoder
+    (``target="ema"``, call :meth:`update_target` after each optimiser step) or the online encoder's own
+    output, detached (``target="stopgrad"``). With ``symmetric=True`` the first view is also predicted from
+    the reversed sequence with inverted actions, and the two losses are averaged.
+
+    With the upstream CIFAR ResNet-18 (:func:`~jepa_rate.models.cifar_resnet18`) and the defaults, the
+    architecture and parameter count equal upstream's: 27.26 M online parameters for 9-d actions.
+
+    Args:
+        encoder: Any module mapping images ``(N, C, H, W)`` to features ``(N, D)``.
+        action_dim: Number of action parameters ``A``.
+        embed_dim: Encoder output size ``D``; ``None`` reads the encoder's ``out_dim`` attribute.
+        action_embed_dim: Size of the action embeddings (upstream: 128).
+        relative_actions: Whether ``forward`` gets relative actions instead of absolute ones.
+        target: ``"ema"`` or ``"stopgrad"``.
+        ema_decay: EMA decay or schedule ``step -> decay`` (``target="ema"`` only).
+        ema_buffers: Buffer policy of :class:`~jepa_rate.modules.EMATarget`.
+        num_layers: Aggregator depth. The aggregator (:class:`~jepa_rate.modules.SeqAggregator`) works on
+            ``d_model = D + action_embed_dim``.
+        num_heads: Aggregator attention heads; must divide ``d_model``.
+        dim_feedforward: Aggregator feed-forward size; ``None`` means ``4 * d_model``.
+        dropout: Aggregator dropout.
+        norm_first: Pre-norm aggregator layers (upstream: post-norm).
+        max_len: Learned position embedding for at most ``max_len`` observed views (upstream: none).
+        predictor_hidden: Hidden width of the predictor
+            (:class:`~jepa_rate.modules.ActionConditionedPredictor`).
+        predictor_layers: Number of linear layers of the predictor.
+        predictor_norm: Hidden norm of the predictor, ``"batch"``, ``"layer"`` or ``"none"``.
+        loss: Prediction loss kind, see :func:`prediction_loss`.
+        smooth_l1_beta: Threshold of the Smooth-L1 prediction loss.
+        prediction_weight: Weight of the prediction loss.
+        symmetric: Also predict the first view from the reversed sequence (inverted actions).
+        rate_on: Where to apply the coding-rate regularizer: ``"agg"`` (``z_AGG`` of every predicted
+            direction), ``"encoder"`` (online encodings of every view used as an observation: all but the
+            last, or all views when symmetric), or ``None`` (off).
+        rate_weight: Default weight of the rate loss. To follow a schedule, pass
+            ``rate_weight=schedule(step)`` to :meth:`forward` (see :mod:`jepa_rate.schedules`).
+        rate_loss: Module mapping ``(n, d)`` features to the scalar loss; default ``CodingRateLoss()``
+            (``-R`` with ``eps = 0.5``). Its own ``weight`` multiplies as well, so leave it at 1.
+
+    Raises:
+        TypeError: If ``encoder`` is not a module or an argument has the wrong type.
+        ValueError: If an option is unknown, a size is invalid, or ``embed_dim`` is missing.
+
+    Shape:
+        - views: ``(B, T, C, H, W)``, ``T >= 2``; ``views[:, -1]`` (the last valid view) is the target.
+        - actions: absolute ``(B, T, A)``, ``actions[:, t]`` = transformation parameters of view ``t``
+          (relative actions ``a_{t+1} - a_t`` are computed); or, with ``relative_actions=True``,
+          ``(B, T - 1, A)``, ``actions[:, t]`` = action taking view ``t`` to view ``t + 1``. Symmetric
+          prediction inverts actions by negation, which suits additive parameters (angles, offsets).
+        - padding_mask: optional bool ``(B, T)`` over views, ``True`` = padding; valid views first, at
+          least 2 per sequence; the last valid view of each sequence is its target.
+        - output: :class:`SeqJEPAOutput`.
+
+    Examples:
+        >>> from jepa_rate.models import ConvEncoder
+        >>> model = SeqJEPA(ConvEncoder(widths=(8, 16)), action_dim=2, action_embed_dim=8,
+        ...                 num_layers=1, num_heads=2, predictor_hidden=32)
+        >>> out = model(torch.randn(4, 3, 3, 16, 16), torch.randn(4, 3, 2))
+        >>> out.loss.shape, out.z_agg.shape, out.encodings.shape, out.prediction.shape
+        (torch.Size([]), torch.Size([4, 24]), torch.Size([4, 2, 16]), torch.Size([4, 16]))
+        >>> out.loss.backward(); model.update_target()
+        True
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        action_dim: int,
+        embed_dim: int | None = None,
+        action_embed_dim: int = 128,
+        relative_actions: bool = False,
+        target: TargetMode = "ema",
+        ema_decay: float | Schedule = 0.996,
+        ema_buffers: BufferPolicy = "none",
+        num_layers: int = 3,
+        num_heads: int = 4,
+        dim_feedforward: int | None = None,
+        dropout: float = 0.1,
+        norm_first: bool = False,
+        max_len: int | None = None,
+        predictor_hidden: int = 1024,
+        predictor_layers: int = 2,
+        predictor_norm: PredictorNorm = "batch",
+        loss: PredictionLossKind = "cosine",
+        smooth_l1_beta: float = 1.0,
+        prediction_weight: float = 1.0,
+        symmetric: bool = False,
+        rate_on: RateOn | None = None,
+        rate_weight: float = 1.0,
+        rate_loss: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+        if embed_dim is None:
+            embed_dim = getattr(encoder, "out_dim", None)
+            if not isinstance(embed_dim, int):
+                raise ValueError(
+                    f"embed_dim is required: {type(encoder).__name__} has no int `out_dim` attribute to read"
+                )
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"embed_dim must be an int >= 1, got {embed_dim!r}")
+        check_choice(target, "target", ("ema", "stopgrad"))
+        check_choice(loss, "loss", ("cosine", "mse", "smooth_l1"))
+        self.target_mode: TargetMode = target
+        self.loss_kind: PredictionLossKind = loss
+        if rate_on is not None:
+            check_choice(rate_on, "rate_on", ("agg", "encoder"))
+        elif rate_loss is not None:
+            raise ValueError("rate_loss was given but rate_on is None: set rate_on to 'agg' or 'encoder'")
+        if rate_loss is not None and not isinstance(rate_loss, nn.Module):
+            raise TypeError(f"rate_loss must be an nn.Module, got {type(rate_loss).__name__}")
+        self.rate_on: RateOn | None = rate_on
+        self.smooth_l1_beta = check_positive(smooth_l1_beta, "smooth_l1_beta")
+        self.prediction_weight = check_nonnegative(prediction_weight, "prediction_weight")
+        self.rate_weight = check_nonnegative(rate_weight, "rate_weight")
+        self.symmetric = bool(symmetric)
+        self.embed_dim = embed_dim
+        self.encoder = encoder
+        self.action_encoder = ActionEncoder(action_dim, action_embed_dim, relative_input=relative_actions)
+        d_model = embed_dim + action_embed_dim
+        self.aggregator = SeqAggregator(
+            d_model, num_layers, num_heads, dim_feedforward, dropout, norm_first=norm_first, max_len=max_len
+        )
+        self.predictor = ActionConditionedPredictor(
+            d_model, action_embed_dim, embed_dim, predictor_hidden, predictor_layers, norm=predictor_norm
+        )
+        self.target_encoder = EMATarget(encoder, ema_decay, buffers=ema_buffers) if target == "ema" else None
+        self.rate_loss: nn.Module | None = None
+        if rate_on is not None:
+            self.rate_loss = CodingRateLoss() if rate_loss is None else rate_loss
+
+    @torch.no_grad()
+    def update_target(self) -> bool:
+        """EMA step of the target encoder; returns whether it changed (never in stopgrad or eval mode)."""
+        return self.target_encoder.update() if self.target_encoder is not None else False
+
+    def _encode(self, views: Tensor, valid: Tensor | None) -> Tensor:
+        """Online encodings ``(B, S, D)`` of ``views`` ``(B, S, C, H, W)``; invalid entries stay zero."""
+        batch, steps = views.shape[:2]
+        images = views.flatten(0, 1) if valid is None else views[valid]
+        feats: Tensor = self.encoder(images)
+        if feats.ndim != 2 or feats.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"encoder must map (N, C, H, W) to (N, {self.embed_dim}), got output {tuple(feats.shape)}"
+            )
+        if valid is None:
+            return feats.view(batch, steps, self.embed_dim)
+        return feats.new_zeros(batch, steps, self.embed_dim).index_put((valid,), feats)
+
+    def _check_inputs(self, views: Tensor, actions: Tensor) -> tuple[int, int]:
+        if not isinstance(views, Tensor) or not views.is_floating_point():
+            raise TypeError(f"views must be a floating torch.Tensor, got {type(views).__name__}")
+        if views.ndim != 5 or views.shape[1] < 2:
+            raise ValueError(f"views must have shape (B, T, C, H, W) with T >= 2, got {tuple(views.shape)}")
+        batch, steps = views.shape[:2]
+        action_steps = steps - 1 if self.action_encoder.relative_input else steps
+        if not isinstance(actions, Tensor) or actions.shape[:2] != (batch, action_steps):
+            shape = tuple(actions.shape) if isinstance(actions, Tensor) else type(actions).__name__
+            raise ValueError(
+                f"actions must have shape {(batch, action_steps, 'A')} for views of shape "
+                f"{tuple(views.shape)}, got {shape}"
+            )
+        return batch, steps
+
+    def forward(
+        self,
+        views: Tensor,
+        actions: Tensor,
+        *,
+        padding_mask: Tensor | None = None,
+        rate_weight: float | None = None,
+    ) -> SeqJEPAOutput:
+        """One seq-JEPA step: encodes, aggregates, predicts and scores the sequence(s).
+
+        Args:
+            views: ``(B, T, C, H, W)`` views; the last valid one of each sequence is the target.
+            actions: Absolute ``(B, T, A)`` or relative ``(B, T - 1, A)`` actions (see the class docs).
+            padding_mask: Optional bool ``(B, T)``, ``True`` = padded view.
+            rate_weight: Weight of the rate loss for this step (e.g. from a schedule); default the
+                constructor's.
+
+        Returns:
+            :class:`SeqJEPAOutput`.
+
+        Raises:
+            TypeError: If an input has the wrong type.
+            ValueError: If a shape is wrong or a sequence has fewer than 2 valid views.
+        """
+        batch, steps = self._check_inputs(views, actions)
+        lengths = None
+        obs_pad = None  # padding of the T - 1 observation slots: each row's last valid view is its target
+        if padding_mask is not None:
+            lengths = check_padding_mask(padding_mask, batch, steps, min_valid=2, name="padding_mask")
+            obs_pad = torch.arange(steps - 1, device=views.device)[None, :] >= (lengths[:, None] - 1)
+
+        # Online encodings of all views when the target or the reversed direction needs them, else observed.
+        if self.symmetric or self.target_mode == "stopgrad":
+            z = self._encode(views, None if padding_mask is None else ~padding_mask)
+        else:
+            z = self._encode(views[:, :-1], None if obs_pad is None else ~obs_pad)
+
+        # Forward direction: predict the last valid view. Reversed direction (symmetric): predict the first.
+        z_obs, acts, mask, pad = z[:, : steps - 1], actions, padding_mask, obs_pad
+        if self.symmetric:
+            z_obs = torch.cat((z_obs, reverse_valid_prefix(z, lengths)[:, : steps - 1]))
+            acts = torch.cat((actions, self._reversed_actions(actions, lengths)))
+            mask = None if mask is None else mask.repeat(2, 1)
+            pad = None if pad is None else pad.repeat(2, 1)
+        act_emb = self.action_encoder(acts, padding_mask=mask)
+        agg = self.aggregator(z_obs, act_emb.tokens, key_padding_mask=pad).agg
+        pred = self.predictor(agg, act_emb.next)
+
+        source = views if self.target_encoder is not None else z
+        tgt_in = _last_valid(source, lengths)
+        if self.symmetric:
+            tgt_in = torch.cat((tgt_in, source[:, 0]))
+        tgt = (self.target_encoder(tgt_in) if self.target_encoder is not None else tgt_in).detach()
+        pred_loss = prediction_loss(pred, tgt, self.loss_kind, beta=self.smooth_l1_beta)
+
+        weight = self.rate_weight if rate_weight is None else check_nonnegative(rate_weight, "rate_weight")
+        if self.rate_loss is None:
+            weight, rate = 0.0, pred_loss.new_zeros(())
+        else:
+            rate = self.rate_loss(
+                agg if self.rate_on == "agg" else self._rate_rows(z, steps, obs_pad, padding_mask)
+            )
+        total = self.prediction_weight * pred_loss + weight * rate
+        encodings = z[:, : steps - 1]
+        if obs_pad is not None:
+            encodings = encodings.masked_fill(obs_pad[..., None], 0.0)
+        return SeqJEPAOutput(
+            loss=total,
+            prediction_loss=pred_loss,
+            rate_loss=rate,
+            prediction_weight=self.prediction_weight,
+            rate_weight=weight,
+            z_agg=agg[:batch],
+            encodings=encodings,
+            prediction=pred[:batch],
+            target=tgt[:batch],
+        )
+
+    def _reversed_actions(self, actions: Tensor, lengths: Tensor | None) -> Tensor:
+        """Actions of the reversed sequence: absolute ones reversed, relative ones reversed and negated."""
+        if not self.action_encoder.relative_input:
+            return reverse_valid_prefix(actions, lengths)
+        return -reverse_valid_prefix(actions, None if lengths is None else lengths - 1)
+
+    def _rate_rows(
+        self, z: Tensor, steps: int, obs_pad: Tensor | None, padding_mask: Tensor | None
+    ) -> Tensor:
+        """Online encodings of every view used as an observation, as an ``(n, D)`` matrix."""
+        if self.symmetric:
+            return z.flatten(0, 1) if padding_mask is None else z[~padding_mask]
+        obs = z[:, : steps - 1]
+        return obs.flatten(0, 1) if obs_pad is None else obs[~obs_pad]

@@ -1,0 +1,276 @@
+"""Pure ``step -> value`` schedules for EMA decays and loss weights.
+
+Every schedule is a pure function of the global optimisation step: it holds no state, so resuming a run only
+needs the step counter, and two processes that agree on the step agree on the value. Each schedule exists as
+a plain function (``cosine_ramp(step, ...)``) and as a small frozen dataclass that is callable with the step
+alone, which is what :class:`~jepa_rate.modules.EMATarget` and training loops take.
+
+Steps before ``0`` are treated as ``0`` and steps past the end of a ramp hold its final value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+__all__ = [
+    "ConstantSchedule",
+    "CosineSchedule",
+    "LinearSchedule",
+    "Schedule",
+    "WarmupCosineSchedule",
+    "as_schedule",
+    "cosine_ramp",
+    "linear_ramp",
+    "warmup_cosine",
+]
+
+Schedule: TypeAlias = Callable[[int], float]
+"""Any callable mapping a global step (``int``) to a value (``float``)."""
+
+
+def _check_real(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_steps(value: object, name: str, *, allow_zero: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _check_step(step: object) -> int:
+    # Accept numpy / tensor integers that implement __index__, but not floats or bools.
+    if isinstance(step, bool) or not hasattr(step, "__index__"):
+        raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
+    return max(int(step.__index__()), 0)
+
+
+def linear_ramp(step: int, *, start: float, end: float, total_steps: int) -> float:
+    """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total_steps`` and after).
+
+    Args:
+        step: Global step; negative steps count as 0.
+        start: Value at step 0.
+        end: Value from ``total_steps`` on.
+        total_steps: Length of the ramp, ``>= 0`` (``0`` jumps straight to ``end``).
+
+    Returns:
+        The scheduled value.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If ``total_steps < 0`` or a value is not finite.
+
+    Examples:
+        >>> linear_ramp(5, start=0.0, end=1.0, total_steps=10)
+        0.5
+    """
+    k = _check_step(step)
+    total = _check_steps(total_steps, "total_steps", allow_zero=True)
+    start, end = _check_real(start, "start"), _check_real(end, "end")
+    if k >= total:
+        return end
+    return start + (end - start) * k / total
+
+
+def cosine_ramp(step: int, *, start: float, end: float, total_steps: int) -> float:
+    """Half-cosine interpolation from ``start`` to ``end`` over ``total_steps`` steps.
+
+    ``value(k) = end - (end - start) * (cos(pi * k / K) + 1) / 2`` for ``0 <= k <= K``, then ``end``. With
+    ``start=0.996, end=1.0`` this is the BYOL EMA decay ``tau = 1 - (1 - tau0) (cos(pi k / K) + 1) / 2``.
+
+    Args:
+        step: Global step ``k``; negative steps count as 0.
+        start: Value at step 0.
+        end: Value from step ``total_steps`` on.
+        total_steps: Length ``K`` of the ramp, ``>= 0`` (``0`` jumps straight to ``end``).
+
+    Returns:
+        The scheduled value.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If ``total_steps < 0`` or a value is not finite.
+
+    Examples:
+        >>> cosine_ramp(0, start=0.996, end=1.0, total_steps=100)
+        0.996
+        >>> cosine_ramp(50, start=0.996, end=1.0, total_steps=100)
+        0.998
+        >>> cosine_ramp(100, start=0.996, end=1.0, total_steps=100)
+        1.0
+    """
+    k = _check_step(step)
+    total = _check_steps(total_steps, "total_steps", allow_zero=True)
+    start, end = _check_real(start, "start"), _check_real(end, "end")
+    if k >= total:
+        return end
+    return end - (end - start) * (math.cos(math.pi * k / total) + 1.0) / 2.0
+
+
+def warmup_cosine(
+    step: int,
+    *,
+    peak: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    start: float = 0.0,
+    end: float = 0.0,
+) -> float:
+    """Linear warmup from ``start`` to ``peak``, then half-cosine decay from ``peak`` to ``end``.
+
+    The warmup covers steps ``[0, warmup_steps)``; the cosine covers ``[warmup_steps, total_steps]``; from
+    ``total_steps`` on the value is ``end``. Usable for learning rates and for loss weights that should fade
+    in (``start=0``) and out.
+
+    Args:
+        step: Global step; negative steps count as 0.
+        peak: Value reached at the end of warmup.
+        total_steps: Step at which the value reaches ``end``; must be ``>= warmup_steps``.
+        warmup_steps: Length of the linear warmup, ``>= 0``.
+        start: Value at step 0.
+        end: Final value.
+
+    Returns:
+        The scheduled value.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If ``total_steps < warmup_steps``, a step count is negative or a value is not finite.
+
+    Examples:
+        >>> [round(warmup_cosine(k, peak=1.0, warmup_steps=2, total_steps=6), 3) for k in range(7)]
+        [0.0, 0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
+    """
+    k = _check_step(step)
+    warmup = _check_steps(warmup_steps, "warmup_steps", allow_zero=True)
+    total = _check_steps(total_steps, "total_steps", allow_zero=True)
+    if total < warmup:
+        raise ValueError(
+            f"total_steps must be >= warmup_steps, got total_steps={total}, warmup_steps={warmup}"
+        )
+    peak = _check_real(peak, "peak")
+    if k < warmup:
+        return linear_ramp(k, start=start, end=peak, total_steps=warmup)
+    return cosine_ramp(k - warmup, start=peak, end=end, total_steps=total - warmup)
+
+
+@dataclass(frozen=True)
+class ConstantSchedule:
+    """A schedule that always returns ``value``.
+
+    Examples:
+        >>> ConstantSchedule(0.996)(12345)
+        0.996
+    """
+
+    value: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", _check_real(self.value, "value"))
+
+    def __call__(self, step: int) -> float:
+        _check_step(step)
+        return self.value
+
+
+@dataclass(frozen=True)
+class LinearSchedule:
+    """Callable form of :func:`linear_ramp`.
+
+    Examples:
+        >>> LinearSchedule(start=0.0, end=0.1, total_steps=4)(1)
+        0.025
+    """
+
+    start: float
+    end: float
+    total_steps: int
+
+    def __post_init__(self) -> None:
+        linear_ramp(0, start=self.start, end=self.end, total_steps=self.total_steps)
+
+    def __call__(self, step: int) -> float:
+        return linear_ramp(step, start=self.start, end=self.end, total_steps=self.total_steps)
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Callable form of :func:`cosine_ramp`; the default arguments give the BYOL EMA decay ramp.
+
+    Examples:
+        >>> tau = CosineSchedule(total_steps=1000)  # 0.996 -> 1.0
+        >>> tau(0), tau(1000)
+        (0.996, 1.0)
+    """
+
+    total_steps: int
+    start: float = 0.996
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        cosine_ramp(0, start=self.start, end=self.end, total_steps=self.total_steps)
+
+    def __call__(self, step: int) -> float:
+        return cosine_ramp(step, start=self.start, end=self.end, total_steps=self.total_steps)
+
+
+@dataclass(frozen=True)
+class WarmupCosineSchedule:
+    """Callable form of :func:`warmup_cosine`.
+
+    Examples:
+        >>> weight = WarmupCosineSchedule(peak=0.05, warmup_steps=10, total_steps=100, end=0.01)
+        >>> weight(0), weight(10), weight(100)
+        (0.0, 0.05, 0.01)
+    """
+
+    peak: float
+    total_steps: int
+    warmup_steps: int = 0
+    start: float = 0.0
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        self(0)
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(
+            step,
+            peak=self.peak,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            start=self.start,
+            end=self.end,
+        )
+
+
+def as_schedule(value: float | Schedule) -> Schedule:
+    """Returns ``value`` unchanged if it is callable, else a :class:`ConstantSchedule` holding it.
+
+    Args:
+        value: A number or a schedule.
+
+    Returns:
+        A schedule.
+
+    Raises:
+        TypeError: If ``value`` is neither a real number nor callable.
+
+    Examples:
+        >>> as_schedule(0.5)(10)
+        0.5
+    """
+    if callable(value):
+        return value
+    return ConstantSchedule(value)

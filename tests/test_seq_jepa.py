@@ -1,0 +1,299 @@
+"""Tests for the SeqJEPA assembly, its prediction loss and the encoders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.testing import assert_close
+
+from jepa_rate.losses.coding_rate import CodingRateLoss
+from jepa_rate.models import ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
+from jepa_rate.modules import relative_actions
+
+F64 = torch.float64
+# Every comparison below runs the same float64 operations on the same numbers, possibly batched or ordered
+# differently: differences are round-off (~1e-14 on values of order 1). 1e-10 is far below any real
+# discrepancy (a wrong target, mask or direction changes the loss by > 1e-3).
+TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+IMAGE = (3, 4, 4)
+
+
+class FlatEncoder(nn.Module):
+    """A BN-free encoder, so that no batch statistic couples the views in gradient tests."""
+
+    def __init__(self, out_dim: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.Tanh(), nn.Linear(16, out_dim))
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net(x)
+        return out
+
+
+def _model(encoder: nn.Module | None = None, **kwargs: object) -> SeqJEPA:
+    torch.manual_seed(0)
+    options: dict[str, object] = {
+        "action_dim": 2,
+        "action_embed_dim": 4,
+        "num_layers": 2,
+        "num_heads": 2,
+        "predictor_hidden": 16,
+        "dropout": 0.0,
+    }
+    options.update(kwargs)
+    model = SeqJEPA(FlatEncoder() if encoder is None else encoder, **options)  # type: ignore[arg-type]
+    return model.double()
+
+
+def _batch(batch: int = 6, steps: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    views = torch.randn(batch, steps, *IMAGE, generator=gen, dtype=F64)
+    actions = torch.randn(batch, steps, 2, generator=gen, dtype=F64)
+    return views, actions
+
+
+def test_parameter_count_matches_upstream() -> None:
+    # Counting only: build on the meta device, no memory or init cost.
+    with torch.device("meta"):
+        model = SeqJEPA(cifar_resnet18(), action_dim=9)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model.encoder) == 11_168_832
+    assert count(model.aggregator.layers) == 14_770_560
+    assert count(model.predictor) == 1_313_280
+    online = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # + action projection 9 x 128, [AGG] token 640, final LayerNorm 2 x 640
+    assert online == 11_168_832 + 14_770_560 + 1_313_280 + 9 * 128 + 640 + 2 * 640
+    assert round(online / 1e6, 2) == 27.26
+    assert model.target_encoder is not None and count(model.target_encoder) == 11_168_832
+    assert not any(p.requires_grad for p in model.target_encoder.parameters())
+
+
+def test_cifar_resnet18_stem() -> None:
+    net = cifar_resnet18()
+    assert isinstance(net.conv1, nn.Conv2d) and net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
+    assert net(torch.randn(2, 3, 8, 8)).shape == (2, 512)
+
+
+def test_conv_encoder_size() -> None:
+    enc = ConvEncoder()
+    assert 300_000 <= sum(p.numel() for p in enc.parameters()) <= 1_000_000
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, enc.out_dim)
+    with pytest.raises(ValueError, match="widths"):
+        ConvEncoder(widths=())
+
+
+@pytest.mark.parametrize("target", ["ema", "stopgrad"])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("relative", [False, True])
+def test_output_shapes_and_dtypes(target: str, symmetric: bool, relative: bool) -> None:
+    model = _model(target=target, symmetric=symmetric, relative_actions=relative)
+    views, actions = _batch()
+    out = model(views, relative_actions(actions) if relative else actions)
+    assert out.loss.shape == () and out.prediction_loss.shape == () and out.rate_loss.shape == ()
+    assert out.z_agg.shape == (6, 12) and out.encodings.shape == (6, 3, 8)
+    assert out.prediction.shape == (6, 8) and out.target.shape == (6, 8)
+    assert all(t.dtype == F64 for t in (out.loss, out.z_agg, out.encodings, out.prediction, out.target))
+    assert out.prediction_weight == 1.0 and out.rate_weight == 0.0
+    assert torch.isfinite(out.loss) and not out.target.requires_grad
+
+
+@pytest.mark.parametrize("target", ["ema", "stopgrad"])
+def test_gradients_reach_online_modules_and_never_the_target(target: str) -> None:
+    model = _model(target=target)
+    views, actions = _batch()
+    views.requires_grad_(True)
+    model(views, actions).loss.backward()
+    assert views.grad is not None
+    # The target view only feeds the stop-gradient target.
+    assert torch.equal(views.grad[:, -1], torch.zeros_like(views.grad[:, -1]))
+    assert bool((views.grad[:, :-1].abs().sum(dim=(2, 3, 4)) > 0).all())
+    for name, p in model.named_parameters():
+        if name.startswith("target_encoder."):
+            assert p.grad is None and not p.requires_grad, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def test_stopgrad_target_is_detached_online_encoding() -> None:
+    model = _model(target="stopgrad").eval()
+    views, actions = _batch()
+    out = model(views, actions)
+    assert_close(out.target, model.encoder(views[:, -1]).detach(), **TIGHT)
+    assert model.target_encoder is None and model.update_target() is False
+
+
+def test_ema_target_and_update() -> None:
+    model = _model(target="ema", ema_decay=0.5)
+    views, actions = _batch()
+    out = model(views, actions)
+    assert model.target_encoder is not None
+    assert_close(out.target, model.target_encoder.module(views[:, -1]), **TIGHT)
+    out.loss.backward()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.sub_(0.1 * p.grad)  # type: ignore[operator]
+    old = [p.clone() for p in model.target_encoder.parameters()]
+    assert model.update_target()
+    for t, o, e in zip(model.target_encoder.parameters(), old, model.encoder.parameters(), strict=True):
+        assert_close(t, 0.5 * o + 0.5 * e, **TIGHT)
+
+
+def test_symmetric_differs_and_is_reversal_symmetric() -> None:
+    views, actions = _batch(seed=1)
+    enc = ConvEncoder(widths=(4, 8), out_dim=8)  # with BN: batch statistics must be symmetric too
+    sym, one = _model(enc, symmetric=True), _model(enc, symmetric=False)
+    one.load_state_dict(sym.state_dict())
+    flipped = (views.flip(1), actions.flip(1))
+    sym_loss, sym_flip = sym(views, actions).loss.detach(), sym(*flipped).loss.detach()
+    one_loss, one_flip = one(views, actions).loss.detach(), one(*flipped).loss.detach()
+    assert_close(sym_loss, sym_flip, **TIGHT)
+    assert abs(float(one_loss - one_flip)) > 1e-3
+    assert abs(float(sym_loss - one_loss)) > 1e-3
+
+
+def test_symmetric_relative_actions_are_inverted() -> None:
+    views, actions = _batch(seed=2)
+    model = _model(symmetric=True, relative_actions=True)
+    rel = relative_actions(actions)
+    assert_close(model(views, rel).loss, model(views.flip(1), -rel.flip(1)).loss, **TIGHT)
+
+
+def test_symmetric_is_mean_of_both_directions_in_eval() -> None:
+    # In eval mode nothing couples the batch, so the symmetric loss is the mean of the two one-sided ones.
+    views, actions = _batch(seed=3)
+    for target in ("ema", "stopgrad"):
+        sym = _model(symmetric=True, target=target).eval()
+        one = _model(symmetric=False, target=target).eval()
+        one.load_state_dict(sym.state_dict())
+        expected = (one(views, actions).loss + one(views.flip(1), actions.flip(1)).loss) / 2
+        assert_close(sym(views, actions).loss, expected, **TIGHT)
+
+
+@pytest.mark.parametrize(
+    ("target", "symmetric", "relative"),
+    [("ema", False, False), ("stopgrad", False, False), ("ema", True, False), ("stopgrad", True, True)],
+)
+def test_padding_does_not_change_the_result(target: str, symmetric: bool, relative: bool) -> None:
+    model = _model(target=target, symmetric=symmetric, relative_actions=relative).eval()
+    views, actions = _batch(batch=3, steps=5, seed=4)
+    lengths = [5, 3, 2]
+    mask = torch.tensor([[t >= n for t in range(5)] for n in lengths])
+    gen = torch.Generator().manual_seed(5)
+    noise_views = 1e3 * torch.randn(views.shape, generator=gen, dtype=F64)
+    noise_actions = 1e3 * torch.randn(actions.shape, generator=gen, dtype=F64)
+    garbage_views = torch.where(mask[:, :, None, None, None], noise_views, views)
+    garbage_actions = torch.where(mask[..., None], noise_actions, actions)
+    acts = relative_actions(garbage_actions) if relative else garbage_actions
+    out = model(garbage_views, acts, padding_mask=mask)
+    per_row = []
+    for b, n in enumerate(lengths):
+        row_acts = relative_actions(actions[b : b + 1, :n]) if relative else actions[b : b + 1, :n]
+        alone = model(views[b : b + 1, :n], row_acts)
+        per_row.append(alone.prediction_loss)
+        assert_close(out.prediction[b], alone.prediction[0], **TIGHT)
+        assert_close(out.target[b], alone.target[0], **TIGHT)
+        assert_close(out.z_agg[b], alone.z_agg[0], **TIGHT)
+        assert_close(out.encodings[b, : n - 1], alone.encodings[0], **TIGHT)
+        assert torch.equal(out.encodings[b, n - 1 :], torch.zeros(5 - n, 8, dtype=F64))
+    assert_close(out.prediction_loss, torch.stack(per_row).mean(), **TIGHT)
+
+
+def test_padding_content_ignored_in_training() -> None:
+    # In training mode padded views must not even enter the encoder's batch statistics.
+    model = _model(ConvEncoder(widths=(4, 8), out_dim=8), symmetric=True)
+    views, actions = _batch(batch=4, steps=4, seed=6)
+    mask = torch.tensor([[False] * 4, [False] * 2 + [True] * 2, [False] * 3 + [True], [False] * 4])
+    other = torch.where(mask[:, :, None, None, None], 50.0 + views, views)
+    expected = model(views, actions, padding_mask=mask).loss
+    assert_close(model(other, actions, padding_mask=mask).loss, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("rate_on", ["agg", "encoder"])
+def test_rate_regularizer_terms(rate_on: str) -> None:
+    model = _model(rate_on=rate_on, rate_weight=0.2)
+    views, actions = _batch()
+    out = model(views, actions)
+    rows = out.z_agg if rate_on == "agg" else out.encodings.reshape(-1, 8)
+    assert_close(out.rate_loss, CodingRateLoss()(rows), **TIGHT)
+    assert out.rate_weight == 0.2
+    assert_close(out.loss, out.prediction_loss + 0.2 * out.rate_loss, **TIGHT)
+    override = model(views, actions, rate_weight=0.05)
+    assert override.rate_weight == 0.05
+    assert_close(override.loss, override.prediction_loss + 0.05 * override.rate_loss, **TIGHT)
+    # The rate alone moves the encoder.
+    model.zero_grad()
+    out.rate_loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_rate_on_encoder_symmetric_uses_every_view() -> None:
+    model = _model(rate_on="encoder", symmetric=True, rate_loss=CodingRateLoss(alpha=1.0, center=True))
+    views, actions = _batch()
+    out = model(views, actions)
+    rows = model.encoder(views.flatten(0, 1))
+    assert_close(out.rate_loss, CodingRateLoss(alpha=1.0, center=True)(rows), **TIGHT)
+
+
+def test_prediction_loss_kinds_against_reference() -> None:
+    gen = torch.Generator().manual_seed(7)
+    p, t = torch.randn(5, 6, generator=gen, dtype=F64), torch.randn(5, 6, generator=gen, dtype=F64)
+    cos = (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1))
+    assert_close(prediction_loss(p, t), (1 - cos).mean(), **TIGHT)
+    assert_close(prediction_loss(p, t, "mse"), (2 - 2 * cos).mean(), **TIGHT)
+    diff = p / p.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)
+    huber = torch.where(diff.abs() < 0.5, 0.5 * diff**2 / 0.5, diff.abs() - 0.25)
+    assert_close(prediction_loss(p, t, "smooth_l1", beta=0.5), huber.sum(1).mean(), **TIGHT)
+    model = _model(loss="mse")
+    out = model(*_batch())
+    assert_close(out.prediction_loss, 2 - 2 * F.cosine_similarity(out.prediction, out.target).mean(), **TIGHT)
+
+
+def test_state_dict_round_trip() -> None:
+    model = _model(symmetric=True)
+    views, actions = _batch()
+    model(views, actions).loss.backward()
+    model.update_target()
+    keys = model.state_dict().keys()
+    assert "target_encoder.step" in keys and not any("_online" in k for k in keys)
+    other = _model(symmetric=True)
+    other.load_state_dict(model.state_dict())
+    assert other.target_encoder is not None and other.target_encoder.num_updates == 1
+    model.eval()
+    other.eval()
+    assert torch.equal(model(views, actions).loss, other(views, actions).loss)
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError, match="embed_dim is required"):
+        SeqJEPA(nn.Flatten(), action_dim=2)
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        SeqJEPA("resnet", action_dim=2, embed_dim=8)  # type: ignore[arg-type]
+    for kwargs, match in (
+        ({"target": "momentum"}, "target"),
+        ({"loss": "l2"}, "loss"),
+        ({"rate_on": "z"}, "rate_on"),
+        ({"rate_weight": -1.0}, "rate_weight"),
+        ({"rate_loss": CodingRateLoss()}, "rate_on is None"),
+        ({"embed_dim": 0}, "embed_dim must be"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _model(**kwargs)
+    model = _model()
+    views, actions = _batch()
+    with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
+        model(views[:, 0], actions)
+    with pytest.raises(ValueError, match="T >= 2"):
+        model(views[:, :1], actions[:, :1])
+    with pytest.raises(ValueError, match=r"actions must have shape \(6, 4, 'A'\)"):
+        model(views, actions[:, :3])
+    with pytest.raises(ValueError, match="at least 2 valid"):
+        model(views, actions, padding_mask=torch.tensor([[False] + [True] * 3] * 6))
+    with pytest.raises(ValueError, match="rate_weight"):
+        model(views, actions, rate_weight=-0.1)
+    wrong_dim = SeqJEPA(FlatEncoder(out_dim=6), action_dim=2, embed_dim=8, action_embed_dim=4, num_heads=2)
+    with pytest.raises(ValueError, match=r"\(N, 8\), got output \(18, 6\)"):
+        wrong_dim(views.float(), actions.float())
