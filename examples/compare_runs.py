@@ -1,0 +1,115 @@
+"""Compares finished runs: a markdown table of their summaries and a plot of their curves.
+
+Usage::
+
+    python examples/compare_runs.py runs/a runs/b ... [--out runs/comparison] [--keys k1,k2] [--x epoch]
+
+Writes ``<out>/comparison.md`` (also printed) with one row per run and one column per scalar in any
+``summary.json`` (nested values as dotted columns; blank where a run lacks one), and ``<out>/comparison.png``
+with the runs' ``metrics.jsonl`` curves overlaid (``--keys`` picks them; by default the numeric metrics that
+all runs share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.outputs import RunDir
+from common.plots import plot_comparison
+
+__all__ = ["collect_summaries", "main", "markdown_table"]
+
+
+def _flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | None = None) -> str:
+    """A markdown table: one row per run label, one column per key (default every key, first-seen order).
+
+    Examples:
+        >>> print(markdown_table({"a": {"acc": 0.31234, "rank": 12}, "b": {"acc": 0.4}}))
+        | run | acc | rank |
+        | --- | --- | --- |
+        | a | 0.3123 | 12 |
+        | b | 0.4 |  |
+    """
+    if keys is None:
+        keys = []
+        for row in rows.values():
+            keys.extend(k for k in row if k not in keys)
+    lines = ["| run | " + " | ".join(keys) + " |", "| --- | " + " | ".join("---" for _ in keys) + " |"]
+    for label, row in rows.items():
+        lines.append(f"| {_cell(label)} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """Flattened ``summary.json`` of each run, keyed by a unique label (the folder name, or its path).
+
+    Raises:
+        FileNotFoundError: A run has no ``summary.json``.
+    """
+    names = [p.name for p in run_dirs]
+    out: dict[str, dict[str, Any]] = {}
+    for path, name in zip(run_dirs, names, strict=True):
+        label = name if names.count(name) == 1 else str(path)
+        out[label] = _flatten(RunDir(path, enabled=False).read_summary())
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare runs: markdown table of summaries and a plot.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with summary.json)")
+    parser.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output folder")
+    parser.add_argument("--keys", default=None, help="comma-separated metrics to plot (default: shared ones)")
+    parser.add_argument("--x", default="epoch", help="metric on the horizontal axis (default: epoch)")
+    args = parser.parse_args(argv)
+
+    missing = [str(p) for p in args.runs if not (p / "summary.json").is_file()]
+    if missing:
+        parser.error(f"no summary.json in: {', '.join(missing)} (did those runs finish?)")
+    summaries = collect_summaries(args.runs)
+    table = markdown_table(summaries)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+
+    curves = {
+        label: RunDir(p, enabled=False).records() for label, p in zip(summaries, args.runs, strict=True)
+    }
+    keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
+    if any(curves.values()):
+        try:
+            plot = plot_comparison(curves, args.out / "comparison.png", keys=keys, x=args.x)
+            print(f"\nwrote {args.out / 'comparison.md'} and {plot}", file=sys.stderr)
+        except ValueError as err:
+            print(f"\nwrote {args.out / 'comparison.md'}; no plot: {err}", file=sys.stderr)
+    else:
+        print(f"\nwrote {args.out / 'comparison.md'}; no metrics.jsonl to plot", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Regenerates ``cifar10_subset.npz``: a seeded, class-balanced subset of the CIFAR-10 training npz.
+
+Usage::
+
+    python examples/data/make_subset.py SOURCE_NPZ [--per-class 250] [--seed 0] [--out PATH]
+
+``SOURCE_NPZ`` is the training split as numpy arrays (``x`` uint8 (50000, 32, 32, 3), ``y``, ``classes``,
+``files``), whose rows are grouped by class. For each class, ``--per-class`` rows are drawn without
+replacement with ``numpy.random.default_rng(seed).permutation`` (one generator, classes in label order), and
+the chosen rows are stored in source order. The output is a standard npz (deflate) with the same arrays plus
+``index``, the row of each image in the source; its zip entries carry a fixed timestamp so that the same
+inputs give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["draw_indices", "main", "write_npz"]
+
+#: sha256 of the source npz the committed subset was drawn from.
+SOURCE_SHA256 = "49ebb3fc7e8e5bbf68134b5289f0066a3dda4dc1ae67ee8f1dc08d8f7ed1c2b7"
+
+
+def draw_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted source rows: ``per_class`` seeded picks of every class.
+
+    Raises:
+        ValueError: A class has fewer than ``per_class`` rows.
+    """
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if members.size < per_class:
+            raise ValueError(f"class {cls} has {members.size} rows, fewer than --per-class {per_class}")
+        picked.append(members[rng.permutation(members.size)[:per_class]])
+    return np.sort(np.concatenate(picked))
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes an ``np.load``-compatible npz whose bytes depend only on the arrays (fixed zip timestamps)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue(), compresslevel=9)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="the CIFAR-10 training npz (x, y, classes, files)")
+    parser.add_argument("--per-class", type=int, default=250, help="images per class (default 250)")
+    parser.add_argument("--seed", type=int, default=0, help="draw seed (default 0)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "cifar10_subset.npz")
+    args = parser.parse_args(argv)
+
+    if not args.source.is_file():
+        parser.error(f"source npz not found: {args.source}")
+    source_sha = _sha256(args.source)
+    if source_sha != SOURCE_SHA256:
+        print(f"warning: source sha256 {source_sha} differs from {SOURCE_SHA256}", file=sys.stderr)
+    with np.load(args.source, allow_pickle=False) as src:
+        x, y = src["x"], src["y"]
+        classes, files = src["classes"], src["files"]
+    index = draw_indices(y, args.per_class, args.seed)
+    arrays = {"x": x[index], "y": y[index], "classes": classes, "files": files[index], "index": index}
+    write_npz(args.out, arrays)
+
+    counts = np.bincount(arrays["y"], minlength=len(classes)).tolist()
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): {index.size} images, per class {counts}"
+    )
+    print(f"sha256 {_sha256(args.out)}")
+    print(f"sha256 of x bytes {hashlib.sha256(arrays['x'].tobytes()).hexdigest()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

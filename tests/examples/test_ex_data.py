@@ -1,0 +1,194 @@
+"""CIFAR-10 loading, balanced hold-out splits and normalization of the example infrastructure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    EMBEDDED_SUBSET,
+    DataConfig,
+    DataNotFoundError,
+    load_cifar10,
+    load_npz,
+    load_torchvision,
+    normalize,
+)
+from common.splits import balanced_split, balanced_subset, default_holdout_size
+
+
+def _write_npz(
+    path: Path, n_per_class: int, num_classes: int = 10, seed: int = 0, **extra: np.ndarray
+) -> Path:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(num_classes, dtype=np.int64), n_per_class)  # grouped by class, like the source
+    x = rng.integers(0, 256, size=(y.size, 32, 32, 3), dtype=np.uint8)
+    np.savez(path, x=x, y=y, **extra)
+    return path
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(min_value=3, max_value=12), min_size=2, max_size=6),
+    per_class=st.integers(min_value=0, max_value=3),
+    extra=st.integers(min_value=0, max_value=5),
+    seed=st.integers(min_value=0, max_value=2**31),
+)
+def test_balanced_split_is_balanced_disjoint_covering_and_deterministic(
+    counts: list[int], per_class: int, extra: int, seed: int
+) -> None:
+    labels = torch.cat([torch.full((c,), i, dtype=torch.int64) for i, c in enumerate(counts)])
+    labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))]
+    num = len(counts)
+    # At most min(counts) per class, so that every size drawn here is feasible.
+    size = (per_class % min(counts)) * num + extra % num
+    train, held = balanced_split(labels, size, seed)
+    assert held.numel() == size
+    assert set(train.tolist()).isdisjoint(held.tolist())
+    assert sorted(train.tolist() + held.tolist()) == list(range(labels.numel()))
+    per = torch.bincount(labels[held], minlength=num)
+    assert int(per.max() - per.min()) <= 1
+    again_train, again_held = balanced_split(labels, size, seed)
+    assert torch.equal(again_train, train) and torch.equal(again_held, held)
+
+
+def test_balanced_split_depends_on_seed_and_rejects_impossible_sizes() -> None:
+    labels = torch.arange(10).repeat(50)
+    _, a = balanced_split(labels, 100, seed=0)
+    _, b = balanced_split(labels, 100, seed=1)
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="holdout=501 exceeds"):
+        balanced_split(labels, 501, seed=0)
+    skewed = torch.cat([torch.zeros(2, dtype=torch.int64), torch.ones(50, dtype=torch.int64)])
+    with pytest.raises(ValueError, match="class 0"):
+        balanced_split(skewed, 10, seed=0)
+    with pytest.raises(ValueError, match="size must be a non-negative int"):
+        balanced_subset(labels, -1, seed=0)
+
+
+def test_default_holdout_size() -> None:
+    assert default_holdout_size(50_000, 10) == 5_000
+    assert default_holdout_size(2_500, 10) == 250
+    assert default_holdout_size(25, 10) == 10
+
+
+def test_load_npz_converts_to_nchw_uint8(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "d.npz", 3)
+    split, classes = load_npz(path)
+    raw = np.load(path)
+    assert split.images.shape == (30, 3, 32, 32) and split.images.dtype == torch.uint8
+    assert torch.equal(split.images.permute(0, 2, 3, 1), torch.from_numpy(raw["x"]))
+    assert split.labels.dtype == torch.int64 and split.labels.tolist() == raw["y"].tolist()
+    assert classes[0] == "airplane" and len(classes) == 10
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (
+            np.zeros((4, 3, 32, 32), np.uint8),
+            np.zeros(4, np.int64),
+            r"x must be uint8 of shape \(N, H, W, 3\)",
+        ),
+        (np.zeros((4, 32, 32, 3), np.float32), np.zeros(4, np.int64), "x must be uint8"),
+        (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(5, np.int64), r"y must be integer of shape \(4,\)"),
+        (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.float32), "y must be integer"),
+        (np.zeros((2, 32, 32, 3), np.uint8), np.array([0, -1]), "labels must be >= 0"),
+    ],
+)
+def test_load_npz_validates_arrays(tmp_path: Path, x: np.ndarray, y: np.ndarray, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=x, y=y)
+    with pytest.raises(ValueError, match=message):
+        load_npz(path)
+
+
+def test_load_npz_reports_missing_arrays_and_label_range(tmp_path: Path) -> None:
+    np.savez(tmp_path / "nox.npz", y=np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="missing array 'x'"):
+        load_npz(tmp_path / "nox.npz")
+    np.savez(
+        tmp_path / "range.npz", x=np.zeros((2, 32, 32, 3), np.uint8), y=np.array([0, 2]), classes=["a", "b"]
+    )
+    with pytest.raises(ValueError, match="label 2 out of range for 2 classes"):
+        load_npz(tmp_path / "range.npz")
+
+
+def test_missing_data_error_says_how_to_provide_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.npz"
+    with pytest.raises(DataNotFoundError) as info:
+        load_cifar10(DataConfig(train_npz=str(missing)))
+    text = str(info.value)
+    assert str(missing) in text
+    assert "data.train_npz" in text and "data.data_dir" in text and "data.download=true" in text
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(DataNotFoundError, match=r"data.test_npz"):
+        load_cifar10(DataConfig(test_npz=str(missing)))
+
+
+def test_missing_torchvision_root_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match="download is off") as info:
+        load_torchvision(tmp_path / "cifar", train=True, download=False)
+    assert "data.download=true" in str(info.value)
+
+
+def test_holdout_from_training_npz(tmp_path: Path) -> None:
+    path = _write_npz(tmp_path / "train.npz", 20)
+    data = load_cifar10(DataConfig(train_npz=str(path), holdout=50, split_seed=3))
+    assert len(data.train) == 150 and len(data.test) == 50
+    assert torch.bincount(data.test.labels).tolist() == [5] * 10
+    # Disjoint: the random images are distinct, so compare them as rows.
+    train_rows = {bytes(r.numpy()) for r in data.train.images.flatten(1)}
+    assert all(bytes(r.numpy()) not in train_rows for r in data.test.images.flatten(1))
+    again = load_cifar10(DataConfig(train_npz=str(path), holdout=50, split_seed=3))
+    assert torch.equal(again.test.images, data.test.images)
+    assert "150 train / 50 hold-out" in data.description
+
+
+def test_explicit_test_npz_and_subset_sizes(tmp_path: Path) -> None:
+    train_path = _write_npz(tmp_path / "train.npz", 20, seed=0)
+    test_path = _write_npz(tmp_path / "test.npz", 6, seed=1)
+    data = load_cifar10(
+        DataConfig(train_npz=str(train_path), test_npz=str(test_path), train_size=100, test_size=30)
+    )
+    assert len(data.train) == 100 and len(data.test) == 30
+    assert torch.bincount(data.train.labels).tolist() == [10] * 10
+    assert torch.bincount(data.test.labels).tolist() == [3] * 10
+    assert "30 test" in data.description
+
+
+def test_embedded_subset_default() -> None:
+    assert EMBEDDED_SUBSET.is_file()
+    data = load_cifar10()
+    assert len(data.train) + len(data.test) == 2500
+    assert len(data.test) == 250
+    assert torch.bincount(data.test.labels).tolist() == [25] * 10
+    assert torch.bincount(data.train.labels).tolist() == [225] * 10
+    assert data.train.images.shape[1:] == (3, 32, 32) and data.num_classes == 10
+
+
+def test_normalize_matches_float64_reference() -> None:
+    x = torch.randint(0, 256, (4, 2, 3, 5, 5), dtype=torch.uint8)
+    out = normalize(x)
+    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, dtype=torch.float64).view(3, 1, 1)
+    ref = (x.double() / 255 - mean) / std
+    # Three float32 operations, each correctly rounded: a few ulps of values below 2.2 in magnitude.
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=4 * 2.2 * 2**-23)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    half = normalize(x, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+
+
+def test_normalize_validates() -> None:
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3, H, W\)"):
+        normalize(torch.zeros(2, 4, 5, 5, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8 or floating"):
+        normalize(torch.zeros(2, 3, 5, 5, dtype=torch.int32))

@@ -1,0 +1,32 @@
+"""Runs the docstring examples of ``examples/common`` and ``compare_runs`` with the default test paths."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "common.checkpoint",
+    "common.config",
+    "common.data",
+    "common.dist",
+    "common.interrupt",
+    "common.loader",
+    "common.outputs",
+    "common.plots",
+    "common.progress",
+    "common.splits",
+    "common.views",
+    "compare_runs",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(module, optionflags=flags, verbose=False)
+    assert result.attempted > 0, f"no docstring examples found in {name}"
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
