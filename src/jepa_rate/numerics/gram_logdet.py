@@ -34,11 +34,12 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
-__all__ = ["FALLBACKS", "Fallback", "GramLogdet", "ReduceMode", "gram_half_logdet"]
+__all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet"]
 
 ReduceMode = Literal["local", "reduce", "gather"]
+Method = Literal["auto", "cholesky", "qr"]
 Fallback = Literal["zero", "float64", "raise"]
 FALLBACKS: tuple[str, ...] = ("zero", "float64", "raise")
 
@@ -108,6 +109,7 @@ class _GramHalfLogdet(torch.autograd.Function):
         mode: ReduceMode,
         group: Any,
         gram_in_float64: bool,
+        orthogonal: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         local_n = x.shape[-2]
         rank = 0
@@ -125,7 +127,6 @@ class _GramHalfLogdet(torch.autograd.Function):
             dist.all_reduce(gram, group=group)
 
         a = scale.to(x.dtype)
-        orthogonal = x.dtype == torch.float64 and mode != "reduce"
         chol, info = _factor(x, gram, a, n_side, orthogonal=orthogonal)
 
         scaled_trace = a * gram.diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -147,10 +148,16 @@ class _GramHalfLogdet(torch.autograd.Function):
         return value, failed, scaled_trace
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: FunctionCtx, grad_value: Tensor, _grad_failed: Tensor, _grad_trace: Tensor
     ) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            # The backward reuses a factor saved without history, so its output cannot be differentiated
+            # again; a silent zero second derivative (e.g. in a gradient penalty) would be wrong, so refuse.
+            raise RuntimeError(
+                "the coding rate provides first derivatives only: backward with create_graph=True "
+                "(double backward) is not supported"
+            )
         x, chol, a, failed = ctx.saved_tensors  # type: ignore[attr-defined]
         g = grad_value.to(x.dtype)
         if ctx.mode != "local":  # type: ignore[attr-defined]
@@ -167,7 +174,7 @@ class _GramHalfLogdet(torch.autograd.Function):
         if ctx.mode == "gather":  # type: ignore[attr-defined]
             lo, hi = ctx.rows  # type: ignore[attr-defined]
             grad = grad[:, lo:hi]
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def gram_half_logdet(
@@ -177,6 +184,7 @@ def gram_half_logdet(
     mode: ReduceMode = "local",
     group: Any = None,
     fallback: Fallback = "zero",
+    method: Method = "auto",
 ) -> GramLogdet:
     """Computes ``1/2 logdet(I + scale·XᵀX)`` per batch entry on the cheaper side, with an analytic backward.
 
@@ -194,6 +202,8 @@ def gram_half_logdet(
             and zero gradient, selected on the device with no host sync. ``"float64"``: those entries are
             recomputed with the Gram formed and factored in float64 (one host sync to find out whether any
             failed). ``"raise"``: ``torch.linalg.LinAlgError`` naming the entries (one host sync).
+        method: ``"cholesky"`` (Cholesky of ``I + a·G``), ``"qr"`` (QR of ``[√a·X; I]``, not with
+            ``mode="reduce"``) or ``"auto"``: QR for float64 unless ``mode="reduce"``, Cholesky otherwise.
 
     Returns:
         A :class:`GramLogdet` with ``rate``, ``failed`` and ``scaled_trace``, each of shape ``(B,)``.
@@ -212,8 +222,11 @@ def gram_half_logdet(
         >>> bool(torch.isclose(out.rate[0], ref))
         True
     """
+    if method == "qr" and mode == "reduce":
+        raise ValueError("method='qr' needs the rows of X; it cannot be combined with mode='reduce'")
+    orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
     gram_in_float64 = x.dtype == torch.float32 and _matmul_precision_reduced(x.device)
-    rate, failed, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64)
+    rate, failed, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64, orthogonal)
     if fallback == "zero" or (fallback == "float64" and x.dtype == torch.float64):
         return GramLogdet(rate, failed, scaled_trace)
     # Deliberate host sync: the user asked for an escalation that depends on the outcome.
@@ -225,6 +238,6 @@ def gram_half_logdet(
                 f"(scale a={scale[bad].tolist()}): the float32 Gram is too inaccurate at this scale; pass "
                 "compute_dtype=torch.float64, a larger eps / smaller alpha, or normalize=True"
             )
-        exact = _GramHalfLogdet.apply(x.double(), scale.double(), mode, group, False)
+        exact = _GramHalfLogdet.apply(x.double(), scale.double(), mode, group, False, mode != "reduce")
         rate = torch.where(failed, exact[0].to(rate.dtype), rate)
     return GramLogdet(rate, failed, scaled_trace)

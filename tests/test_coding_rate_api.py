@@ -1,0 +1,215 @@
+"""CodingRateLoss / coding_rate: settings, components, fallbacks, non-finite inputs, errors, gradcheck."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from jepa_rate import CodingRateLoss, coding_rate
+from jepa_rate.numerics.gram_logdet import gram_half_logdet
+from reference import rate_reference
+
+
+def collapsed_at_large_scale() -> torch.Tensor:
+    """Rank-1 features so large that the float32 Gram's rounding makes I + aG indefinite (d side)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(512, 1, generator=g) @ torch.randn(1, 64, generator=g) * 1e3
+
+
+# ---------------------------------------------------------------- conventions of the scale
+
+
+def test_eps_is_mcr2_eps_squared_and_alpha_is_direct() -> None:
+    z = torch.randn(40, 24, dtype=torch.float64)
+    n, d = z.shape
+    eps = 0.3
+    expected = 0.5 * torch.logdet(torch.eye(d, dtype=torch.float64) + d / (n * eps) * z.T @ z)
+    assert_close(coding_rate(z, eps=eps), expected, rtol=1e-12, atol=0)
+    assert_close(coding_rate(z, alpha=d / eps), expected, rtol=1e-12, atol=0)
+
+
+def test_default_eps_is_half() -> None:
+    z = torch.randn(30, 10, dtype=torch.float64)
+    assert_close(coding_rate(z), coding_rate(z, eps=0.5), rtol=0, atol=0)
+
+
+def test_center_and_normalize_preprocess_rows() -> None:
+    z = torch.randn(50, 20, dtype=torch.float64) + 3.0
+    normed = torch.nn.functional.normalize(z, dim=1)
+    assert_close(coding_rate(z, normalize=True), coding_rate(normed), rtol=1e-12, atol=0)
+    assert_close(coding_rate(z, center=True), coding_rate(z - z.mean(0)), rtol=1e-12, atol=0)
+    both = normed - normed.mean(0)
+    assert_close(coding_rate(z, normalize=True, center=True), coding_rate(both), rtol=1e-12, atol=0)
+
+
+def test_output_dtype_follows_input() -> None:
+    z = torch.randn(16, 8)
+    assert coding_rate(z).dtype == torch.float32
+    assert coding_rate(z.double()).dtype == torch.float64
+    assert coding_rate(z.bfloat16()).dtype == torch.float32
+    assert coding_rate(z, compute_dtype=torch.float64).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- the loss module
+
+
+def test_loss_is_negative_weighted_mean_rate() -> None:
+    z = torch.randn(3, 32, 16)
+    loss = CodingRateLoss(weight=0.25, eps=0.2)(z)
+    assert_close(loss, -0.25 * coding_rate(z, eps=0.2).mean())
+
+
+def test_forward_components_are_consistent() -> None:
+    z = torch.randn(2, 64, 32, dtype=torch.float64)
+    loss_fn = CodingRateLoss(weight=0.5, alpha=4.0)
+    parts = loss_fn.forward_components(z)
+    rates = coding_rate(z, alpha=4.0)
+    assert_close(parts.rate, rates.mean())
+    assert_close(parts.loss, -0.5 * rates.mean())
+    assert_close(parts.loss, loss_fn(z))
+    assert_close(parts.scale, torch.tensor(4.0 / 64, dtype=torch.float64))
+    k = 32
+    r_max = 0.5 * k * torch.log1p(parts.scale * z.square().sum((-2, -1)) / k)
+    assert_close(parts.normalized_rate, (rates / r_max).mean())
+    assert int(parts.fallback_count) == 0
+
+
+def test_normalized_rate_separates_isotropic_from_collapsed() -> None:
+    loss_fn = CodingRateLoss()
+    iso = loss_fn.forward_components(torch.randn(512, 16)).normalized_rate
+    line = loss_fn.forward_components(torch.randn(512, 1) * torch.randn(1, 16)).normalized_rate
+    zero = loss_fn.forward_components(torch.zeros(512, 16)).normalized_rate
+    assert iso > 0.9 and line < 0.3 and float(zero) == 0.0
+
+
+def test_loss_module_validates_settings_at_construction() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        CodingRateLoss(weight=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        CodingRateLoss(eps=0.0)
+    with pytest.raises(ValueError, match="either eps or alpha"):
+        CodingRateLoss(eps=0.5, alpha=2.0)
+    with pytest.raises(ValueError, match="fallback"):
+        CodingRateLoss(fallback="jitter")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nonfinite"):
+        CodingRateLoss(nonfinite="ignore")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        CodingRateLoss(compute_dtype=torch.float16)
+    assert "alpha=1.0" in repr(CodingRateLoss(alpha=1.0))
+
+
+# ---------------------------------------------------------------- failure handling
+
+
+def test_failed_factorization_gives_zero_value_zero_gradient_and_is_counted() -> None:
+    z = collapsed_at_large_scale().requires_grad_()
+    loss_fn = CodingRateLoss(eps=1e-3)
+    parts = loss_fn.forward_components(z)
+    assert int(parts.fallback_count) == 1
+    assert float(parts.rate.detach()) == 0.0
+    loss_fn(z).backward()
+    assert z.grad is not None and torch.equal(z.grad, torch.zeros_like(z))
+
+
+def test_float64_fallback_recomputes_the_failed_sets() -> None:
+    good = torch.randn(512, 64)
+    z = torch.stack([collapsed_at_large_scale(), good]).requires_grad_()
+    rate = coding_rate(z, eps=1e-3, fallback="float64")
+    expected = rate_reference(z, 64 / (512 * 1e-3))
+    assert_close(rate[0].double(), expected[0], rtol=1e-5, atol=0)
+    assert_close(rate[1], coding_rate(good, eps=1e-3))
+    rate.sum().backward()
+    assert z.grad is not None and bool(torch.isfinite(z.grad).all()) and bool(z.grad[0].abs().sum() > 0)
+
+
+def test_raise_fallback_names_the_failed_sets() -> None:
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch entries \[0\]"):
+        coding_rate(collapsed_at_large_scale(), eps=1e-3, fallback="raise")
+
+
+def test_nonfinite_inputs_propagate_nan_or_raise() -> None:
+    z = torch.randn(2, 16, 8)
+    z[1, 3, 2] = math.inf
+    z.requires_grad_()
+    rate = coding_rate(z)
+    assert bool(torch.isfinite(rate[0])) and bool(torch.isnan(rate[1]))
+    rate.sum().backward()
+    assert z.grad is not None
+    assert bool(torch.isfinite(z.grad[0]).all()) and bool(torch.isnan(z.grad[1]).all())
+    nan_z = torch.randn(16, 8)
+    nan_z[0, 0] = math.nan
+    assert bool(torch.isnan(coding_rate(nan_z)))
+    assert int(CodingRateLoss().forward_components(nan_z).fallback_count) == 0
+    with pytest.raises(ValueError, match=r"NaN or Inf \(first at index \(1, 3, 2\)"):
+        coding_rate(z.detach(), nonfinite="raise")
+
+
+# ---------------------------------------------------------------- input validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"z": [[1.0, 2.0]]}, TypeError, "torch.Tensor, got list"),
+        ({"z": torch.ones(4, 3, dtype=torch.long)}, TypeError, "floating dtype.*torch.int64"),
+        ({"z": torch.ones(5)}, ValueError, r"shape \(\.\.\., n, d\).*\(5,\)"),
+        ({"z": torch.ones(1, 8)}, ValueError, r"n=1 in shape \(1, 8\)"),
+        ({"z": torch.ones(4, 0)}, ValueError, r"d >= 1.*\(4, 0\)"),
+        ({"eps": -0.1}, ValueError, "eps must be a finite number > 0, got -0.1"),
+        ({"eps": math.inf}, ValueError, "eps must be a finite number > 0, got inf"),
+        ({"alpha": 0.0}, ValueError, "alpha must be a finite number > 0, got 0.0"),
+        ({"eps": "0.5"}, TypeError, "eps must be a real number, got str"),
+        ({"eps": 0.5, "alpha": 1.0}, ValueError, "either eps or alpha"),
+        ({"nonfinite": "skip"}, ValueError, "nonfinite must be one of"),
+        ({"fallback": "jitter"}, ValueError, "fallback must be one of"),
+        ({"compute_dtype": torch.bfloat16}, ValueError, "compute_dtype must be None"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs: dict[str, object], error: type, pattern: str) -> None:
+    z = kwargs.pop("z", torch.randn(8, 4))
+    with pytest.raises(error, match=pattern):
+        coding_rate(z, **kwargs)  # type: ignore[arg-type]
+
+
+def test_gather_distributed_without_process_group_raises() -> None:
+    with pytest.raises(RuntimeError, match=r"initialized torch\.distributed process group"):
+        coding_rate(torch.randn(8, 4), gather_distributed=True)
+    with pytest.raises(RuntimeError, match="process group"):
+        CodingRateLoss(gather_distributed=True)(torch.randn(8, 4))
+
+
+# ---------------------------------------------------------------- autograd
+
+
+@pytest.mark.parametrize("shape", [(6, 9), (9, 6), (7, 7), (2, 5, 4), (3, 4, 6)])
+@pytest.mark.parametrize("options", [{}, {"center": True}, {"normalize": True}, {"alpha": 2.5}])
+def test_gradcheck_float64(shape: tuple[int, ...], options: dict[str, object]) -> None:
+    z = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: coding_rate(t, **options), (z,))  # type: ignore[arg-type]
+
+
+def test_gradcheck_tiny_scale_series_branch() -> None:
+    # a·tr(G) below the series threshold: the value comes from the series, the gradient from the factor.
+    z = (1e-4 * torch.randn(5, 7, dtype=torch.float64)).requires_grad_()
+    assert float(gram_half_logdet(z[None].detach(), torch.ones(1, dtype=torch.float64)).scaled_trace) < 3e-5
+    assert torch.autograd.gradcheck(lambda t: coding_rate(t, alpha=5.0), (z,), atol=1e-12, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cholesky", "qr"])
+@pytest.mark.parametrize("shape", [(1, 6, 4), (2, 4, 6)])
+def test_gradcheck_each_factorization_route(method: str, shape: tuple[int, ...]) -> None:
+    # float32 inputs take the Cholesky route and float64 ones QR; check both backward passes in float64.
+    z = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    scale = torch.full((shape[0],), 0.7, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: gram_half_logdet(t, scale, method=method).rate, (z,))  # type: ignore[arg-type]
+    cholesky, qr = (gram_half_logdet(z, scale, method=m).rate for m in ("cholesky", "qr"))
+    assert_close(cholesky, qr, rtol=1e-12, atol=0)
+
+
+def test_double_backward_is_refused_explicitly() -> None:
+    z = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"first derivatives only.*create_graph=True"):
+        torch.autograd.grad(coding_rate(z), z, create_graph=True)
