@@ -88,7 +88,7 @@ def _rate(
             fallback=fallback,  # type: ignore[arg-type]
         )
     out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-    core = GramLogdet(core.rate.to(out_dtype), core.failed, core.scaled_trace.to(out_dtype))
+    core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
     return _RateResult(core, scale, min(total_n, d), z.shape[:-2])
 
 

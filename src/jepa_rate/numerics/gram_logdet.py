@@ -54,14 +54,18 @@ class GramLogdet(NamedTuple):
 
     Attributes:
         rate: ``1/2 logdet(I + a G)``, differentiable with respect to the features.
-        failed: ``True`` where the Cholesky factorization failed on finite input and the fallback value 0
-            (with zero gradient) was used.
+        info: The factorization status (0: success), as returned by :func:`torch.linalg.cholesky_ex`.
         scaled_trace: ``a·tr(G)``, not differentiable; the energy used by the AM-GM bound.
     """
 
     rate: Tensor
-    failed: Tensor
+    info: Tensor
     scaled_trace: Tensor
+
+    @property
+    def failed(self) -> Tensor:
+        """``True`` where the factorization failed on finite input and the fallback value was used."""
+        return (self.info != 0) & self.scaled_trace.isfinite()
 
 
 @torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
@@ -130,26 +134,26 @@ class _GramHalfLogdet(torch.autograd.Function):
         chol, info = _factor(x, gram, a, n_side, orthogonal=orthogonal)
 
         scaled_trace = a * gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-        series = 0.5 * scaled_trace - 0.25 * (a * a) * gram.square().sum((-2, -1))
+        scaled_norm = a * torch.linalg.vector_norm(gram, dim=(-2, -1))
+        series = torch.addcmul(0.5 * scaled_trace, scaled_norm, scaled_norm, value=-0.25)
         diagonal = chol.diagonal(dim1=-2, dim2=-1)
         factored = (diagonal.abs() if orthogonal else diagonal).log().sum(-1)
         value = torch.where(scaled_trace < _SERIES_THRESHOLD[x.dtype], series, factored)
-        finite = torch.isfinite(scaled_trace)
-        failed = (info != 0) & finite
-        value = torch.where(failed, 0.0, value)
-        value = torch.where(finite, value, math.nan)
+        # Failed factors give 0; adding (t - t), which is 0 for finite t and NaN otherwise, makes non-finite
+        # input come out as NaN whatever the factorization did.
+        value = torch.where(info == 0, value, 0.0) + (scaled_trace - scaled_trace)
 
-        ctx.save_for_backward(x, chol, a, failed)
+        ctx.save_for_backward(x, chol, a, info, scaled_trace)
         ctx.n_side = n_side  # type: ignore[attr-defined]
         ctx.mode = mode  # type: ignore[attr-defined]
         ctx.group = group  # type: ignore[attr-defined]
         ctx.rows = (rank * local_n, (rank + 1) * local_n)  # type: ignore[attr-defined]
-        ctx.mark_non_differentiable(failed, scaled_trace)
-        return value, failed, scaled_trace
+        ctx.mark_non_differentiable(info, scaled_trace)
+        return value, info, scaled_trace
 
     @staticmethod
     def backward(
-        ctx: FunctionCtx, grad_value: Tensor, _grad_failed: Tensor, _grad_trace: Tensor
+        ctx: FunctionCtx, grad_value: Tensor, _grad_info: Tensor, _grad_trace: Tensor
     ) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
             # The backward reuses a factor saved without history, so its output cannot be differentiated
@@ -158,7 +162,7 @@ class _GramHalfLogdet(torch.autograd.Function):
                 "the coding rate provides first derivatives only: backward with create_graph=True "
                 "(double backward) is not supported"
             )
-        x, chol, a, failed = ctx.saved_tensors  # type: ignore[attr-defined]
+        x, chol, a, info, scaled_trace = ctx.saved_tensors  # type: ignore[attr-defined]
         g = grad_value.to(x.dtype)
         if ctx.mode != "local":  # type: ignore[attr-defined]
             # Every rank holds a copy of the global rate; summing the upstream gradients of all copies makes
@@ -169,6 +173,7 @@ class _GramHalfLogdet(torch.autograd.Function):
         # triangular solves with the m right-hand sides, and it is k x k, never the larger side.
         inverse = torch.cholesky_inverse(chol)
         # A failed factor holds garbage; its entries get exactly zero gradient, not NaN times zero.
+        failed = (info != 0) & scaled_trace.isfinite()
         inverse = torch.where(failed[:, None, None], 0.0, inverse * (a * g)[:, None, None])
         grad = inverse @ x if ctx.n_side else x @ inverse  # type: ignore[attr-defined]
         if ctx.mode == "gather":  # type: ignore[attr-defined]
@@ -206,7 +211,8 @@ def gram_half_logdet(
             ``mode="reduce"``) or ``"auto"``: QR for float64 unless ``mode="reduce"``, Cholesky otherwise.
 
     Returns:
-        A :class:`GramLogdet` with ``rate``, ``failed`` and ``scaled_trace``, each of shape ``(B,)``.
+        A :class:`GramLogdet` with ``rate``, ``info`` and ``scaled_trace``, each of shape ``(B,)``, and the
+        ``failed`` mask as a property.
 
     Raises:
         torch.linalg.LinAlgError: With ``fallback="raise"``, when a factorization fails.
@@ -226,9 +232,10 @@ def gram_half_logdet(
         raise ValueError("method='qr' needs the rows of X; it cannot be combined with mode='reduce'")
     orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
     gram_in_float64 = x.dtype == torch.float32 and _matmul_precision_reduced(x.device)
-    rate, failed, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64, orthogonal)
+    rate, info, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64, orthogonal)
     if fallback == "zero" or (fallback == "float64" and x.dtype == torch.float64):
-        return GramLogdet(rate, failed, scaled_trace)
+        return GramLogdet(rate, info, scaled_trace)
+    failed = GramLogdet(rate, info, scaled_trace).failed
     # Deliberate host sync: the user asked for an escalation that depends on the outcome.
     if bool(failed.any()):
         if fallback == "raise":
@@ -240,4 +247,4 @@ def gram_half_logdet(
             )
         exact = _GramHalfLogdet.apply(x.double(), scale.double(), mode, group, False, mode != "reduce")
         rate = torch.where(failed, exact[0].to(rate.dtype), rate)
-    return GramLogdet(rate, failed, scaled_trace)
+    return GramLogdet(rate, info, scaled_trace)

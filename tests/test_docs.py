@@ -1,0 +1,216 @@
+"""The documentation site: every ```python block runs, and the API pages list every public name.
+
+The blocks of one page run in order in one namespace (``__name__ == "__main__"``), in a temporary working
+directory, so a page reads like a script and may write files. Tracebacks point at the page and line: each
+block is compiled with the markdown file as its file name and its own line numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import jepa_rate
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SKIP_DIRS = {"_build", "generated"}
+# Info strings that would be highlighted as Python but not run: refuse them, so no sample escapes the test.
+PYTHON_ALIASES = {"py", "python3", "pycon", "ipython", "{code-block}", "{code}", "{code-cell}"}
+SUBPACKAGES = ("losses", "modules", "models", "metrics", "schedules")
+NUMERICS = ("jepa_rate.numerics.gram_logdet", "jepa_rate.numerics.distributed")
+# The pages the site must have (relative to docs/, without the suffix).
+REQUIRED_PAGES = (
+    "index",
+    "getting_started",
+    "concepts/coding_rate",
+    "concepts/conventions",
+    "concepts/seq_jepa",
+    "howto/choose_eps",
+    "howto/mixed_precision",
+    "howto/compile",
+    "howto/multi_gpu",
+    "howto/own_encoder",
+    "howto/resume",
+    "howto/collapse_diagnostics",
+    "trainer",
+    "api/index",
+    "benchmarks",
+    "results",
+    "changelog",
+)
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    """One fenced block of a markdown page."""
+
+    info: str
+    code: str
+    line: int  # 1-based line of the first code line in the page
+
+
+def fenced_blocks(text: str) -> list[CodeBlock]:
+    """Fenced code blocks of a MyST page, outermost only (a fence inside a block is content)."""
+    blocks: list[CodeBlock] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if match is None:
+            i += 1
+            continue
+        indent, fence, info = match["indent"], match["fence"], match["info"].strip()
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines):
+            close = _FENCE.match(lines[j])
+            if (
+                close is not None
+                and close["fence"][0] == fence[0]
+                and len(close["fence"]) >= len(fence)
+                and not close["info"].strip()
+            ):
+                break
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"unclosed fence {fence!r} opened at line {i + 1}")
+        blocks.append(CodeBlock(info=info, code="\n".join(body) + "\n", line=i + 2))
+        i = j + 1
+    return blocks
+
+
+def doc_pages() -> list[Path]:
+    """Markdown pages of the site, without build outputs and generated API stubs."""
+    return sorted(
+        p for p in DOCS.rglob("*.md") if not SKIP_DIRS.intersection(p.relative_to(DOCS).parts[:-1])
+    )
+
+
+def python_blocks(page: Path) -> list[CodeBlock]:
+    return [b for b in fenced_blocks(page.read_text(encoding="utf-8")) if b.info.split()[:1] == ["python"]]
+
+
+PAGES_WITH_CODE = [p for p in doc_pages() if python_blocks(p)]
+
+
+def test_fence_parser_finds_blocks_and_keeps_nested_fences() -> None:
+    text = "intro\n\n````markdown\n```python\nnot run\n```\n````\n\n```python\nx = 1\n```\n\n```bash\nls\n```\n"
+    blocks = fenced_blocks(text)
+    assert [b.info for b in blocks] == ["markdown", "python", "bash"]
+    assert blocks[1].code == "x = 1\n" and blocks[1].line == 10
+    assert "not run" in blocks[0].code
+    with pytest.raises(ValueError, match="unclosed"):
+        fenced_blocks("```python\nx = 1\n")
+
+
+@pytest.mark.parametrize("page", REQUIRED_PAGES)
+def test_required_page_exists_and_has_content(page: str) -> None:
+    path = DOCS / f"{page}.md"
+    assert path.is_file(), f"docs/{page}.md is missing"
+    words = path.read_text(encoding="utf-8").split()
+    assert len(words) >= 20, f"docs/{page}.md has only {len(words)} words"
+
+
+def test_code_samples_are_runnable_python_or_shell() -> None:
+    # A sample tagged `py` or `{code-block} python` would render as Python but never run here.
+    offenders = [
+        f"{page.relative_to(DOCS)}:{block.line - 1}: ```{block.info}"
+        for page in doc_pages()
+        for block in fenced_blocks(page.read_text(encoding="utf-8"))
+        if block.info.split()[:1] and block.info.split()[0] in PYTHON_ALIASES
+    ]
+    assert not offenders, "tag Python samples as ```python so that they are executed:\n" + "\n".join(offenders)
+    assert PAGES_WITH_CODE, "no ```python block found under docs/"
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(DOCS)))
+def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    try:
+        for block in python_blocks(page):
+            # Leading newlines make traceback line numbers those of the markdown file.
+            source = "\n" * (block.line - 1) + block.code
+            exec(compile(source, str(page), "exec"), namespace)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_float32_matmul_precision("highest")
+
+
+def _autosummary_entries(text: str) -> set[str]:
+    """Fully qualified names listed by the ``autosummary`` directives of an API page."""
+    names: set[str] = set()
+    module = ""
+    in_summary = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(".. currentmodule::") or line.startswith(".. automodule::"):
+            module = line.split("::", 1)[1].strip()
+            in_summary = False
+        elif line.startswith(".. autosummary::"):
+            in_summary = True
+        elif in_summary and raw.startswith("   ") and line and not line.startswith(":"):
+            name = line.lstrip("~")
+            names.add(name if "." in name and name.startswith("jepa_rate") else f"{module}.{name}")
+        elif in_summary and line and not raw.startswith(" "):
+            in_summary = False
+    return names
+
+
+def _documented() -> tuple[set[str], set[str]]:
+    entries: set[str] = set()
+    modules: set[str] = set()
+    for page in sorted((DOCS / "api").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        entries |= _autosummary_entries(text)
+        modules |= set(re.findall(r"^\.\. automodule:: (\S+)", text, flags=re.MULTILINE))
+    return entries, modules
+
+
+def test_autosummary_entries_resolve() -> None:
+    entries, _ = _documented()
+    assert entries, "no autosummary entry found in docs/api/"
+    for name in entries:
+        module_name, _, attr = name.rpartition(".")
+        module = importlib.import_module(module_name)
+        assert hasattr(module, attr), f"{name} is listed in docs/api/ but does not exist"
+
+
+def test_api_pages_list_every_public_name() -> None:
+    entries, modules = _documented()
+    missing: list[str] = []
+    for name in jepa_rate.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(jepa_rate, name)
+        if isinstance(obj, type(jepa_rate)):
+            if obj.__name__ not in modules:
+                missing.append(f"jepa_rate.{name} (module)")
+            continue
+        homes = [f"jepa_rate.{sub}.{name}" for sub in SUBPACKAGES]
+        if not any(
+            home in entries and getattr(importlib.import_module(home.rpartition(".")[0]), name) is obj
+            for home in homes
+        ):
+            missing.append(f"jepa_rate.{name}")
+    for module_name in (*(f"jepa_rate.{sub}" for sub in SUBPACKAGES), *NUMERICS):
+        module = importlib.import_module(module_name)
+        missing += [f"{module_name}.{n}" for n in module.__all__ if f"{module_name}.{n}" not in entries]
+        if module_name not in modules:
+            missing.append(f"{module_name} (module)")
+    assert not missing, "add these names to an autosummary list in docs/api/:\n" + "\n".join(missing)
+
+
+def test_results_page_includes_the_results_table() -> None:
+    text = (DOCS / "results.md").read_text(encoding="utf-8")
+    assert "results_table.md" in text
