@@ -11,8 +11,11 @@ so that the benchmark times those routes rather than an idealized version of the
 * :func:`cholesky_small`: Cholesky of the ``k x k`` matrix on the smaller side, ``k = min(n, d)``
   (Sylvester's identity), differentiated by plain autograd; batched over leading dimensions.
 * :func:`eigvalsh_small`: ``sum(log1p(a * eigvalsh(G)))`` of the smaller-side Gram ``G``.
-* :func:`grouped_dside_loop`: the MCR² rate reduction with a Python loop over classes, each class term a
-  ``d x d`` logdet.
+* :func:`grouped_mcr2_dense`: the MCR² rate reduction exactly as the MCR² code computes it: a Python loop
+  over classes, each class term ``logdet(I + a_j W Π_j Wᵀ)`` with a dense ``n x n`` diagonal membership
+  matrix ``Π_j``.
+* :func:`grouped_dside_loop`: the same loop with boolean-mask gathers instead of ``Π_j`` (cheaper than the
+  public code; shown for information).
 
 Under autocast the Gram products run in the autocast dtype, as they do in the public code; the identity is
 kept in float32 (float64 for float64 inputs), so type promotion factors a float32 (float64) matrix built
@@ -32,6 +35,7 @@ __all__ = [
     "eigvalsh_small",
     "grouped_dside_loop",
     "grouped_loop",
+    "grouped_mcr2_dense",
     "logdet_dside",
     "loop_over_views",
     "reference_rate",
@@ -172,6 +176,29 @@ def grouped_loop(
 def grouped_dside_loop(z: Tensor, labels: Tensor, num_classes: int, eps: float) -> Tensor:
     """:func:`grouped_loop` with :func:`logdet_dside` for every term, as in the MCR² code."""
     return grouped_loop(logdet_dside, z, labels, num_classes, eps)
+
+
+def grouped_mcr2_dense(z: Tensor, labels: Tensor, num_classes: int, eps: float) -> Tensor:
+    """MCR² rate reduction written as the MCR² code writes it (``compute_compress_loss_empirical``).
+
+    ``W = Zᵀ`` is ``d x n`` and every class has a dense ``n x n`` diagonal membership matrix ``Π_j``; the
+    class term is ``trΠ_j / n · 1/2 logdet(I + d/(trΠ_j·eps) W Π_j Wᵀ)`` with ``trΠ_j = n_j + 1e-8``.
+
+    Returns:
+        The scalar rate reduction ``delta``.
+    """
+    if z.ndim != 2 or labels.shape != z.shape[:1]:
+        raise ValueError(f"expected z (n, d) and labels (n,), got {tuple(z.shape)} and {tuple(labels.shape)}")
+    n, d = z.shape
+    w = z.T
+    pi = torch.diag_embed(torch.nn.functional.one_hot(labels, num_classes).T.to(z.dtype))
+    eye = torch.eye(d, dtype=_factor_dtype(z), device=z.device)
+    compress = z.new_zeros((), dtype=_factor_dtype(z))
+    for j in range(num_classes):
+        tr_pi = pi[j].trace() + 1e-8
+        log_det = torch.logdet(eye + d / (tr_pi * eps) * w.matmul(pi[j]).matmul(w.T))
+        compress = compress + log_det * tr_pi / n
+    return logdet_dside(z, eps) - compress / 2
 
 
 def reference_rate(z: Tensor, eps: float) -> Tensor:

@@ -59,11 +59,14 @@ def _check_labels(labels: object, n: int, num_classes: int | None) -> Tensor:
 
 def _class_sizes(labels: Tensor, num_classes: int | None) -> tuple[Tensor, list[int]]:
     """Per-class counts on the device and on the host (the one deliberate sync: shapes depend on them)."""
-    lo, hi = (int(v) for v in torch.aminmax(labels))
-    if lo < 0 or (num_classes is not None and hi >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes or 'num_classes'}), got min {lo} and max {hi}")
-    counts = torch.bincount(labels, minlength=num_classes or 0)
-    return counts, counts.tolist()
+    lo, hi = torch.aminmax(labels)
+    counts = torch.bincount(labels.clamp_min(0), minlength=num_classes or 0)
+    *sizes, lo_value, hi_value = torch.cat([counts, lo.view(1), hi.view(1)]).tolist()
+    if lo_value < 0 or (num_classes is not None and hi_value >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes or 'num_classes'}), got min {lo_value} and max {hi_value}"
+        )
+    return counts, sizes
 
 
 def _size_buckets(sizes: list[int]) -> list[list[int]]:
@@ -155,7 +158,9 @@ def rate_reduction(
             rows = order[(starts[cls, None] + slot).clamp_max(n - 1)]
             rows = torch.where(slot < counts[cls, None], rows, n)
             size = counts[cls].to(x.dtype)
-            rates = gram_half_logdet(padded_source[rows], d / (size * eps), fallback=fallback).rate
+            # index_select rather than advanced indexing: its backward is a plain index_add.
+            members = padded_source.index_select(0, rows.flatten()).view(len(classes), width, d)
+            rates = gram_half_logdet(members, d / (size * eps), fallback=fallback).rate
             compress = compress + (size / n * rates).sum()
 
     out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32

@@ -28,7 +28,6 @@ Why each choice:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, NamedTuple
 
 import torch
