@@ -76,7 +76,12 @@ def _matmul_precision_reduced(device: torch.device) -> bool:
     """
     if torch.get_float32_matmul_precision() != "highest":
         return True
-    return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+    if getattr(torch.backends, "fp32_precision", "none") not in ("none", "ieee"):
+        return True
+    if device.type != "cuda":
+        return False
+    matmul = torch.backends.cuda.matmul
+    return bool(matmul.allow_tf32) or getattr(matmul, "fp32_precision", "none") == "tf32"
 
 
 def _factor(x: Tensor, gram: Tensor, a: Tensor, n_side: bool, *, orthogonal: bool) -> tuple[Tensor, Tensor]:
