@@ -84,8 +84,12 @@ def _matmul_precision_reduced(device: torch.device) -> bool:
     return bool(matmul.allow_tf32) or getattr(matmul, "fp32_precision", "none") == "tf32"
 
 
-def _factor(x: Tensor, gram: Tensor, a: Tensor, n_side: bool, *, orthogonal: bool) -> tuple[Tensor, Tensor]:
+def _factor(
+    x: Tensor, scaled_gram: Tensor, a: Tensor, n_side: bool, *, orthogonal: bool
+) -> tuple[Tensor, Tensor]:
     """A lower-triangular ``L`` with ``L Lᵀ = I + a·G`` and the factorization status (0: success).
+
+    The Cholesky route adds the identity to ``scaled_gram`` (``a·G``) in place.
 
     ``orthogonal=False``: Cholesky of ``I + a·G``, whose rounding perturbs the eigenvalues of ``I + a·G``
     (all >= 1) by ``~u·a·||G||``. ``orthogonal=True``: Householder QR of ``B = [√a·X_side; I_k]``, for which
@@ -94,9 +98,8 @@ def _factor(x: Tensor, gram: Tensor, a: Tensor, n_side: bool, *, orthogonal: boo
     keep full float64 accuracy. It costs a few Grams, and it never fails.
     """
     if not orthogonal:
-        m = gram * a[:, None, None]
-        m.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        chol, info = torch.linalg.cholesky_ex(m)
+        scaled_gram.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        chol, info = torch.linalg.cholesky_ex(scaled_gram)
         return chol, info
     side = x.mT if n_side else x
     k = side.shape[-1]
@@ -135,11 +138,11 @@ class _GramHalfLogdet(torch.autograd.Function):
             dist.all_reduce(gram, group=group)
 
         a = scale.to(x.dtype)
-        chol, info = _factor(x, gram, a, n_side, orthogonal=orthogonal)
-
-        scaled_trace = a * gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-        scaled_norm = a * torch.linalg.vector_norm(gram, dim=(-2, -1))
+        scaled_gram = gram * a[:, None, None]
+        scaled_trace = scaled_gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+        scaled_norm = torch.linalg.vector_norm(scaled_gram, dim=(-2, -1))
         series = torch.addcmul(0.5 * scaled_trace, scaled_norm, scaled_norm, value=-0.25)
+        chol, info = _factor(x, scaled_gram, a, n_side, orthogonal=orthogonal)
         diagonal = chol.diagonal(dim1=-2, dim2=-1)
         factored = (diagonal.abs() if orthogonal else diagonal).log().sum(-1)
         value = torch.where(scaled_trace < _SERIES_THRESHOLD[x.dtype], series, factored)
