@@ -17,6 +17,11 @@ settings.register_profile("dev", max_examples=25, deadline=None, suppress_health
 if not os.environ.get("CI"):
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# The tests use small tensors, for which a second intra-op thread only adds synchronization (and, on a
+# loaded 2-core machine, makes small LAPACK calls orders of magnitude slower). One thread keeps the suite
+# fast and its timings stable; multi-process tests start their own interpreters.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch() -> None:

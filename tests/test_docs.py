@@ -39,6 +39,7 @@ REQUIRED_PAGES = (
     "howto/resume",
     "howto/collapse_diagnostics",
     "trainer",
+    "two_view",
     "api/index",
     "benchmarks",
     "results",
@@ -90,20 +91,29 @@ def fenced_blocks(text: str) -> list[CodeBlock]:
 
 def doc_pages() -> list[Path]:
     """Markdown pages of the site, without build outputs and generated API stubs."""
-    return sorted(
-        p for p in DOCS.rglob("*.md") if not SKIP_DIRS.intersection(p.relative_to(DOCS).parts[:-1])
-    )
+    return sorted(p for p in DOCS.rglob("*.md") if not SKIP_DIRS.intersection(p.relative_to(DOCS).parts[:-1]))
 
 
 def python_blocks(page: Path) -> list[CodeBlock]:
     return [b for b in fenced_blocks(page.read_text(encoding="utf-8")) if b.info.split()[:1] == ["python"]]
 
 
-PAGES_WITH_CODE = [p for p in doc_pages() if python_blocks(p)]
+# The README's usage sample is part of the documentation a user meets first, so it runs too.
+PAGES_WITH_CODE = [p for p in [*doc_pages(), DOCS.parent / "README.md"] if python_blocks(p)]
+
+
+def page_id(page: Path) -> str:
+    return page.relative_to(DOCS).as_posix() if page.is_relative_to(DOCS) else page.name
+
+
+# Pages whose samples take more than a few seconds (torch.compile with inductor builds C++ kernels).
+SLOW_PAGES = {"howto/compile.md"}
 
 
 def test_fence_parser_finds_blocks_and_keeps_nested_fences() -> None:
-    text = "intro\n\n````markdown\n```python\nnot run\n```\n````\n\n```python\nx = 1\n```\n\n```bash\nls\n```\n"
+    text = (
+        "intro\n\n````markdown\n```python\nnot run\n```\n````\n\n```python\nx = 1\n```\n\n```bash\nls\n```\n"
+    )
     blocks = fenced_blocks(text)
     assert [b.info for b in blocks] == ["markdown", "python", "bash"]
     assert blocks[1].code == "x = 1\n" and blocks[1].line == 10
@@ -128,14 +138,23 @@ def test_code_samples_are_runnable_python_or_shell() -> None:
         for block in fenced_blocks(page.read_text(encoding="utf-8"))
         if block.info.split()[:1] and block.info.split()[0] in PYTHON_ALIASES
     ]
-    assert not offenders, "tag Python samples as ```python so that they are executed:\n" + "\n".join(offenders)
+    hint = "tag Python samples as ```python so that they are executed:\n"
+    assert not offenders, hint + "\n".join(offenders)
     assert PAGES_WITH_CODE, "no ```python block found under docs/"
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize(
+    "page",
+    [pytest.param(p, marks=pytest.mark.slow) if page_id(p) in SLOW_PAGES else p for p in PAGES_WITH_CODE],
+    ids=page_id,
+)
 def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__main__"}
+    # The samples use tiny tensors, for which a second intra-op thread only adds synchronization: on a busy
+    # machine it can make them orders of magnitude slower. One thread keeps the test fast and predictable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         for block in python_blocks(page):
             # Leading newlines make traceback line numbers those of the markdown file.
@@ -145,6 +164,7 @@ def test_page_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_float32_matmul_precision("highest")
+        torch.set_num_threads(threads)
 
 
 def _autosummary_entries(text: str) -> set[str]:
