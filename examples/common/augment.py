@@ -1,0 +1,133 @@
+"""Batched, on-device SimCLR-style augmentations for two-view methods (no per-sample Python or PIL work).
+
+:func:`two_view_augment` draws, independently for every image: a random resized crop (area fraction in
+``[crop_min_scale, 1]``, aspect ratio in ``[3/4, 4/3]``) with an optional horizontal flip, folded into one
+affine ``grid_sample``; then, with probability ``jitter_prob``, brightness, contrast and saturation factors
+in ``[1 - jitter, 1 + jitter]`` (in that order); then grayscale with probability ``grayscale_prob``. All
+randomness comes from the global RNG of the images' device (the training loop reseeds it every step) or
+from an explicit ``generator``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AugmentConfig", "augment", "grayscale"]
+
+# ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths; nest it in a trainer config as ``augment``.
+
+    Args:
+        crop_min_scale: Smallest area fraction of a random resized crop (1 disables cropping).
+        flip: Flip half of the images horizontally.
+        jitter: Strength of the brightness / contrast / saturation jitter (0 disables it).
+        jitter_prob: Probability of jittering an image.
+        grayscale_prob: Probability of turning an image gray.
+    """
+
+    crop_min_scale: float = 0.2
+    flip: bool = True
+    jitter: float = 0.4
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.crop_min_scale <= 1.0:
+            raise ValueError(f"augment.crop_min_scale must lie in (0, 1], got {self.crop_min_scale}")
+        for name in ("jitter", "jitter_prob", "grayscale_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} must lie in [0, 1], got {getattr(self, name)}")
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """Luma of ``(N, 3, H, W)`` images, ``(N, 1, H, W)``."""
+    weights = torch.tensor(_LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _uniform(n: int, low: float, high: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(n, device=like.device, dtype=like.dtype, generator=generator) * (high - low) + low
+
+
+def _crop_flip(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | None) -> Tensor:
+    n = images.shape[0]
+    if cfg.crop_min_scale < 1.0:
+        area = _uniform(n, cfg.crop_min_scale, 1.0, images, generator)
+        log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), images, generator)
+        # Width and height as fractions of the image; the affine grid maps [-1, 1] onto the crop window.
+        w = torch.sqrt(area * log_ratio.exp()).clamp(max=1.0)
+        h = torch.sqrt(area / log_ratio.exp()).clamp(max=1.0)
+        cx = (2 * _uniform(n, 0.0, 1.0, images, generator) - 1) * (1 - w)
+        cy = (2 * _uniform(n, 0.0, 1.0, images, generator) - 1) * (1 - h)
+    else:
+        w = h = torch.ones(n, device=images.device, dtype=images.dtype)
+        cx = cy = torch.zeros_like(w)
+    sign = torch.ones_like(w)
+    if cfg.flip:
+        sign = torch.where(_uniform(n, 0.0, 1.0, images, generator) < 0.5, -1.0, 1.0).to(w.dtype)
+    zero = torch.zeros_like(w)
+    theta = torch.stack((torch.stack((w * sign, zero, cx), -1), torch.stack((zero, h, cy), -1)), dim=1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _jitter(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | None) -> Tensor:
+    n = images.shape[0]
+    shape = (n, 1, 1, 1)
+
+    def factor() -> Tensor:
+        return _uniform(n, 1 - cfg.jitter, 1 + cfg.jitter, images, generator).view(shape)
+
+    out = (images * factor()).clamp(0, 1)
+    mean = grayscale(out).mean(dim=(-2, -1), keepdim=True)
+    out = ((out - mean) * factor() + mean).clamp(0, 1)
+    gray = grayscale(out)
+    out = ((out - gray) * factor() + gray).clamp(0, 1)
+    apply = _uniform(n, 0.0, 1.0, images, generator).view(shape) < cfg.jitter_prob
+    return torch.where(apply, out, images)
+
+
+def augment(images: Tensor, cfg: AugmentConfig, *, generator: torch.Generator | None = None) -> Tensor:
+    """One random view of each image (see the module docstring).
+
+    Args:
+        images: ``(N, 3, H, W)`` floating images in ``[0, 1]`` (convert uint8 with ``x / 255``).
+        cfg: Augmentation strengths.
+        generator: Source of randomness on ``images.device``; ``None`` uses the global RNG.
+
+    Returns:
+        ``(N, 3, H, W)`` augmented images in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``images`` is not a floating ``(N, 3, H, W)`` batch.
+
+    Examples:
+        >>> x = torch.rand(8, 3, 32, 32)
+        >>> view = augment(x, AugmentConfig(), generator=torch.Generator().manual_seed(0))
+        >>> view.shape, bool(view.min() >= 0 and view.max() <= 1), view.equal(x)
+        (torch.Size([8, 3, 32, 32]), True, False)
+        >>> identity = AugmentConfig(crop_min_scale=1, flip=False, jitter=0, grayscale_prob=0)
+        >>> augment(x, identity).allclose(x, atol=1e-5)
+        True
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating (N, 3, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}"
+        )
+    out = _crop_flip(images, cfg, generator)
+    if cfg.jitter > 0 and cfg.jitter_prob > 0:
+        out = _jitter(out, cfg, generator)
+    if cfg.grayscale_prob > 0:
+        apply = _uniform(images.shape[0], 0.0, 1.0, images, generator).view(-1, 1, 1, 1) < cfg.grayscale_prob
+        out = torch.where(apply, grayscale(out).expand_as(out), out)
+    return out

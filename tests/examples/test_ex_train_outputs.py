@@ -1,0 +1,50 @@
+"""The CIFAR-10 rotation trainer's outputs in use: compare_runs, evaluation length, variant constraints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_ex_train_smoke import train_tiny
+
+import cifar_rot_train
+import compare_runs
+from common.checkpoint import load_checkpoint
+
+
+def test_symmetric_variant_uses_one_hot_actions_and_rejects_sincos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = cifar_rot_train.TrainConfig(variant="symmetric_rate")
+    assert cfg.action_kind == "onehot" and cifar_rot_train.TrainConfig().action_kind == "sincos"
+    with pytest.raises(SystemExit) as exit_info:
+        cifar_rot_train.main(
+            ["--config", "tiny", "--variant", "symmetric_rate", "--set", "seq.actions=sincos"]
+        )
+    assert exit_info.value.code == 2
+    assert "symmetric_rate inverts actions by negation" in capsys.readouterr().err
+
+
+def test_compare_runs_tables_and_plots_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [
+        train_tiny(tmp_path, v, "--set", "epochs=1", "--set", "eval.offline=false")
+        for v in ("ema", "teacherless")
+    ]
+    out = tmp_path / "comparison"
+    assert compare_runs.main([str(r) for r in runs] + ["--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| run | variant | data |") and len(table) == 4
+    assert table[2].startswith("| ema |") and table[3].startswith("| teacherless |")
+    assert "online.linear_acc" in table[0] and "effective_rank.z_agg" in table[0]
+    assert (out / "comparison.png").stat().st_size > 1000
+    assert "| ema |" in capsys.readouterr().out
+
+
+def test_evaluation_length_can_differ_from_training(tmp_path: Path) -> None:
+    run = train_tiny(tmp_path, "ema_rate", "--set", "seq.eval_num_observations=5", "--set", "epochs=1")
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0.0 <= summary["offline"]["z_agg"]["linear_acc"] <= 1.0
+    state = load_checkpoint(run / "last.pt")["state"]["model"]
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())

@@ -1,0 +1,163 @@
+"""The CIFAR-10 rotation trainer under stops, resumes, Ctrl-C, NaNs and user mistakes (tiny preset, CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import cifar_rot_train
+from common.checkpoint import load_checkpoint
+from common.outputs import read_jsonl
+from jepa_rate import SeqJEPA
+
+TIMING_KEYS = {"elapsed", "wall_time_s", "train_time_s", "images_per_s", "rate_time_share"}
+# ema_rate has the most state (EMA target, rate, probes); crop / flip and dropout exercise the step RNG.
+BASE = ["--config", "tiny", "--variant", "ema_rate", "--set", "seq.crop=true", "--set", "seq.flip=true"]
+
+
+def _argv(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [*BASE, "--set", f"out_dir={tmp_path}", "--name", name, *extra]
+
+
+def _without_timing(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def _assert_same_state(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _outputs(run: Path) -> tuple[Any, Any, Any]:
+    summary = json.loads((run / "summary.json").read_text())
+    return (
+        _without_timing(read_jsonl(run / "metrics.jsonl")),
+        _without_timing(summary),
+        load_checkpoint(run / "last.pt"),
+    )
+
+
+def test_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path: Path) -> None:
+    assert cifar_rot_train.main(_argv(tmp_path, "whole")) == 0
+    assert cifar_rot_train.main(_argv(tmp_path, "parts", "--stop-after", "4")) == 0  # mid-epoch 2
+    parts = tmp_path / "parts"
+    assert load_checkpoint(parts / "last.pt")["step"] == 4 and not (parts / "summary.json").exists()
+    assert cifar_rot_train.main(["--resume", str(parts)]) == 0
+
+    records, summary, ckpt = _outputs(tmp_path / "whole")
+    records2, summary2, ckpt2 = _outputs(parts)
+    assert records == records2
+    assert summary == summary2 and summary["steps"] == 6
+    _assert_same_state(ckpt["state"], ckpt2["state"], "state")
+    assert ckpt["loop"]["sums"] == ckpt2["loop"]["sums"] == {} and ckpt["step"] == ckpt2["step"] == 6
+
+
+def test_ctrl_c_saves_and_exits_then_resume_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = SeqJEPA.forward
+    calls = {"train": 0}
+
+    def interrupting(self: SeqJEPA, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # handled after the step: the step completes
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SeqJEPA, "forward", interrupting)
+    assert cifar_rot_train.main(_argv(tmp_path, "run")) == 130
+    monkeypatch.setattr(SeqJEPA, "forward", forward)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "last.pt")["step"] == 2
+    assert cifar_rot_train.main(["--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward = SeqJEPA.forward
+    calls = {"train": 0}
+
+    def poisoned(self: SeqJEPA, *args: Any, **kwargs: Any) -> Any:
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] >= 5:
+                return out._replace(loss=out.loss * math.nan)
+        return out
+
+    monkeypatch.setattr(SeqJEPA, "forward", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cifar_rot_train.main(_argv(tmp_path, "run", "--set", "ckpt_every=2"))
+    message = str(exit_info.value.code)
+    assert message.startswith("error: the loss became NaN/Inf at step 5 (detected at step 5)")
+    assert f"the last good checkpoint, {run / 'last.pt'} (step 4), is kept" in message
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(t).all() for t in ckpt["state"]["model"].values() if t.is_floating_point())
+    assert not (run / "summary.json").exists()
+
+
+def test_typo_in_a_set_key_is_an_error_that_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cifar_rot_train.main(["--config", "tiny", "--set", "optim.lrr=1e-3"])
+    assert exit_info.value.code == 2
+    assert "unknown config key 'optim.lrr' in --set; did you mean 'optim.lr'?" in capsys.readouterr().err
+
+
+def test_bad_value_and_unknown_variant_are_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, expected in (
+        (["--set", "rate.weight=-1"], "rate.weight must be a finite number >= 0, got -1.0"),
+        (["--set", "variant=teacherles"], "'teacherles' is not one of"),
+    ):
+        with pytest.raises(SystemExit):
+            cifar_rot_train.main(["--config", "tiny", *argv])
+        assert expected in capsys.readouterr().err
+
+
+def test_missing_data_says_how_to_provide_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "cifar10_train.npz"
+    with pytest.raises(SystemExit) as exit_info:
+        cifar_rot_train.main(_argv(tmp_path, "run", "--set", f"data.train_npz={missing}"))
+    message = str(exit_info.value.code)
+    assert f"training npz (data.train_npz) not found: '{missing}'" in message
+    assert "--set data.train_npz=PATH" in message and "--set data.data_dir=DIR" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _argv(tmp_path, "run", "--set", "epochs=1", "--set", "eval.offline=false")
+    assert cifar_rot_train.main(argv) == 0
+    with pytest.raises(SystemExit, match="already exists: continue it with --resume"):
+        cifar_rot_train.main(argv)
+    assert cifar_rot_train.main([*argv, "--overwrite"]) == 0
+    (tmp_path / "run" / "last.pt").unlink()
+    with pytest.raises(SystemExit, match=r"it has no checkpoint last\.pt"):
+        cifar_rot_train.main(["--resume", str(tmp_path / "run")])
+    with pytest.raises(SystemExit):
+        cifar_rot_train.main(["--resume", str(tmp_path)])
+    assert f"cannot resume '{tmp_path}': it has no config.yaml" in capsys.readouterr().err
