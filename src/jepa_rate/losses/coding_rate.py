@@ -197,6 +197,7 @@ class CodingRateLoss(nn.Module):
         normalize: See :func:`coding_rate`.
         compute_dtype: See :func:`coding_rate`.
         gather_distributed: See :func:`coding_rate`.
+        group: The process group for ``gather_distributed`` (``None``: the default group).
         nonfinite: See :func:`coding_rate`.
         fallback: See :func:`coding_rate`.
 
@@ -227,6 +228,7 @@ class CodingRateLoss(nn.Module):
         normalize: bool = False,
         compute_dtype: torch.dtype | None = None,
         gather_distributed: bool = False,
+        group: Any = None,
         nonfinite: str = "propagate",
         fallback: Fallback = "zero",
     ) -> None:
@@ -239,6 +241,7 @@ class CodingRateLoss(nn.Module):
         self.normalize = bool(normalize)
         self.compute_dtype = check_compute_dtype(compute_dtype)
         self.gather_distributed = bool(gather_distributed)
+        self.group = group
         self.nonfinite = check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
         self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]
 
@@ -258,7 +261,7 @@ class CodingRateLoss(nn.Module):
             normalize=self.normalize,
             compute_dtype=self.compute_dtype,
             gather_distributed=self.gather_distributed,
-            group=None,
+            group=self.group,
             nonfinite=self.nonfinite,
             fallback=self.fallback,
         )
