@@ -66,7 +66,7 @@ from common.evaluation import (
 from common.loop import StepOutput, TrainingLoop, step_seed
 from common.optim import build_optimizer, learning_rate, set_learning_rate
 from common.probes import linear_classifier, mlp_regressor
-from common.rate import MonitoredRate, RateConfig, rate_schedule, time_rate
+from common.rate import MonitoredRate, rate_schedule, time_rate
 from common.run import RunConfig, RunContext
 from jepa_rate import ConvEncoder, CosineSchedule, SeqJEPA, SeqJEPAOutput, cifar_resnet18
 
@@ -140,7 +140,6 @@ class TrainConfig(RunConfig):
     variant: Variant = "teacherless_rate"
     model: ModelConfig = field(default_factory=ModelConfig)
     seq: SeqConfig = field(default_factory=SeqConfig)
-    rate: RateConfig = field(default_factory=RateConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -45,7 +45,7 @@ from common.evaluation import accuracy, classification_metrics, collect_features
 from common.loop import StepOutput, TrainingLoop
 from common.optim import build_optimizer, learning_rate, set_learning_rate
 from common.probes import linear_classifier
-from common.rate import MonitoredRate, RateConfig, rate_schedule, time_rate
+from common.rate import MonitoredRate, rate_schedule, time_rate
 from common.run import RunConfig, RunContext
 from jepa_rate import ConvEncoder, CosineSchedule, EMATarget, cifar_resnet18, prediction_loss
 
@@ -81,7 +81,6 @@ class TwoViewConfig(RunConfig):
     variant: Variant = "rate"
     model: NetConfig = field(default_factory=NetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    rate: RateConfig = field(default_factory=RateConfig)
 
 
 # ------------------------------------------------------------------------------------------------ model

@@ -28,6 +28,7 @@ from .optim import OptimConfig
 from .outputs import RunDir
 from .plots import plot_metrics
 from .probes import ProbeConfig
+from .rate import RateConfig
 
 __all__ = [
     "RunConfig",
@@ -60,6 +61,7 @@ class RunConfig:
         optim: AdamW and learning-rate schedule.
         probe: Online probes.
         eval: Offline evaluation on frozen features.
+        rate: The coding-rate regularizer (weight, schedule, scale).
     """
 
     name: str | None = None
@@ -77,6 +79,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rate: RateConfig = field(default_factory=RateConfig)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "log_every"):
