@@ -162,6 +162,24 @@ def test_symmetric_relative_actions_are_inverted() -> None:
     assert_close(model(views, rel).loss, model(views.flip(1), -rel.flip(1)).loss, **TIGHT)
 
 
+def test_symmetric_uses_the_given_action_inverse() -> None:
+    # [sin θ, cos θ] codes: the inverse rotation is [-sin θ, cos θ], not the negation of both entries.
+    views, actions = _batch(seed=3)
+    angle = actions[..., 0]
+    codes = torch.stack((angle.sin(), angle.cos()), dim=-1)[:, :-1]  # relative: (B, T - 1, 2)
+
+    def inverse(a: torch.Tensor) -> torch.Tensor:
+        return a * a.new_tensor([-1.0, 1.0])
+
+    model = _model(symmetric=True, relative_actions=True, inverse_action=inverse)
+    reversed_codes = inverse(codes.flip(1))
+    assert_close(model(views, codes).loss, model(views.flip(1), reversed_codes).loss, **TIGHT)
+    negating = _model(symmetric=True, relative_actions=True)
+    assert abs(float((model(views, codes).loss - negating(views, codes).loss).detach())) > 1e-6
+    with pytest.raises(TypeError, match="inverse_action must be callable"):
+        _model(symmetric=True, inverse_action=1.0)
+
+
 def test_symmetric_is_mean_of_both_directions_in_eval() -> None:
     # In eval mode nothing couples the batch, so the symmetric loss is the mean of the two one-sided ones.
     views, actions = _batch(seed=3)

@@ -6,6 +6,7 @@ Ghaemi et al., "seq-JEPA: Autoregressive Predictive Learning of Invariant-Equiva
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -142,6 +143,10 @@ class SeqJEPA(nn.Module):
         smooth_l1_beta: Threshold of the Smooth-L1 prediction loss.
         prediction_weight: Weight of the prediction loss.
         symmetric: Also predict the first view from the reversed sequence (inverted actions).
+        inverse_action: With ``symmetric=True`` and relative actions, the map from an action to its inverse
+            (applied elementwise over ``(..., A)``). Default: negation, right for additive parameters
+            (angles, offsets). For ``[sin θ, cos θ]`` codes the inverse is ``[-sin θ, cos θ]``: pass
+            ``lambda a: a * a.new_tensor([-1.0, 1.0])``; for one-hot codes, the permutation to the inverse.
         rate_on: Where to apply the coding-rate regularizer: ``"agg"`` (``z_AGG`` of every predicted
             direction), ``"encoder"`` (online encodings of every view used as an observation: all but the
             last, or all views when symmetric), or ``None`` (off).
@@ -159,7 +164,7 @@ class SeqJEPA(nn.Module):
         - actions: absolute ``(B, T, A)``, ``actions[:, t]`` = transformation parameters of view ``t``
           (relative actions ``a_{t+1} - a_t`` are computed); or, with ``relative_actions=True``,
           ``(B, T - 1, A)``, ``actions[:, t]`` = action taking view ``t`` to view ``t + 1``. Symmetric
-          prediction inverts actions by negation, which suits additive parameters (angles, offsets).
+          prediction inverts relative actions with ``inverse_action`` (negation by default).
         - padding_mask: optional bool ``(B, T)`` over views, ``True`` = padding; valid views first, at
           least 2 per sequence; the last valid view of each sequence is its target.
         - output: :class:`SeqJEPAOutput`.
@@ -199,6 +204,7 @@ class SeqJEPA(nn.Module):
         smooth_l1_beta: float = 1.0,
         prediction_weight: float = 1.0,
         symmetric: bool = False,
+        inverse_action: Callable[[Tensor], Tensor] | None = None,
         rate_on: RateOn | None = None,
         rate_weight: float = 1.0,
         rate_loss: nn.Module | None = None,
@@ -229,6 +235,9 @@ class SeqJEPA(nn.Module):
         self.prediction_weight = check_nonnegative(prediction_weight, "prediction_weight")
         self.rate_weight = check_nonnegative(rate_weight, "rate_weight")
         self.symmetric = bool(symmetric)
+        if inverse_action is not None and not callable(inverse_action):
+            raise TypeError(f"inverse_action must be callable or None, got {type(inverse_action).__name__}")
+        self.inverse_action = inverse_action
         self.embed_dim = embed_dim
         self.encoder = encoder
         self.action_encoder = ActionEncoder(action_dim, action_embed_dim, relative_input=relative_actions)
@@ -356,10 +365,13 @@ class SeqJEPA(nn.Module):
         )
 
     def _reversed_actions(self, actions: Tensor, lengths: Tensor | None) -> Tensor:
-        """Actions of the reversed sequence: absolute ones reversed, relative ones reversed and negated."""
+        """Actions of the reversed sequence: absolute ones reversed, relative ones reversed and inverted."""
         if not self.action_encoder.relative_input:
             return reverse_valid_prefix(actions, lengths)
-        return -reverse_valid_prefix(actions, None if lengths is None else lengths - 1)
+        reversed_actions = reverse_valid_prefix(actions, None if lengths is None else lengths - 1)
+        if self.inverse_action is None:
+            return -reversed_actions
+        return self.inverse_action(reversed_actions)
 
     def _rate_rows(
         self, z: Tensor, steps: int, obs_pad: Tensor | None, padding_mask: Tensor | None
