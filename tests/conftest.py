@@ -8,6 +8,7 @@ slow), so that the suite stays quick on a laptop.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -26,3 +27,11 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _deterministic_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on the loopback interface that was free a moment ago, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,14 @@ from common.outputs import read_jsonl
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.distributed
-def test_two_processes_use_the_global_batch_for_the_rate_and_write_on_rank_0(tmp_path: Path) -> None:
+def test_two_processes_use_the_global_batch_for_the_rate_and_write_on_rank_0(
+    tmp_path: Path, free_port: int
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", str(EXAMPLES / "cifar_rot_train.py"), "--config", "tiny",
+        f"--master_port={free_port}", str(EXAMPLES / "cifar_rot_train.py"), "--config", "tiny",
         "--variant", "teacherless_rate", "--set", f"out_dir={tmp_path}", "--name", "ddp",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
