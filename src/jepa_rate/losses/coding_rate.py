@@ -11,6 +11,7 @@ from jepa_rate._validation import check_choice, check_compute_dtype, check_featu
 from jepa_rate.losses._rate_input import (
     NONFINITE_POLICIES,
     check_all_finite,
+    float32_island,
     rate_scale_numerator,
     to_compute_dtype,
 )
@@ -74,7 +75,7 @@ def _rate(
     mode: ReduceMode = "local"
     if gather_distributed:
         mode = "reduce" if d <= total_n else "gather"
-    with torch.autocast(device_type=z.device.type, enabled=False):
+    with float32_island(z.device):
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
         if center:
             x = x - (global_row_mean(x, group) if gather_distributed else x.mean(dim=-2, keepdim=True))
@@ -82,13 +83,14 @@ def _rate(
         scale = numerator / total_n
         core = gram_half_logdet(
             x,
-            x.new_full((x.shape[0],), scale),
+            scale,
             mode=mode,
             group=group,
             fallback=fallback,  # type: ignore[arg-type]
         )
-    out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-    core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
+    if core.rate.dtype == torch.float64 and z.dtype != torch.float64:
+        # compute_dtype=float64 for lower-precision input: the rate comes back as float32.
+        core = GramLogdet(core.rate.float(), core.info, core.scaled_trace.float())
     return _RateResult(core, scale, min(total_n, d), z.shape[:-2])
 
 

@@ -12,6 +12,7 @@ from jepa_rate.losses._rate_input import (
     DEFAULT_EPS,
     NONFINITE_POLICIES,
     check_all_finite,
+    float32_island,
     to_compute_dtype,
 )
 from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, gram_half_logdet
@@ -146,9 +147,9 @@ def rate_reduction(
     order = torch.argsort(labels, stable=True)
     starts = torch.cumsum(counts, 0) - counts
 
-    with torch.autocast(device_type=z.device.type, enabled=False):
+    with float32_island(z.device):
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
-        expand = gram_half_logdet(x[None], x.new_full((1,), d / (n * eps)), fallback=fallback).rate[0]
+        expand = gram_half_logdet(x[None], d / (n * eps), fallback=fallback).rate[0]
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
         for classes in _size_buckets(sizes):

@@ -15,11 +15,16 @@ Why each choice:
 * The Gram matrix is formed and stored in the compute dtype (float32 or float64), never in bf16/fp16: a
   low-precision Gram has rounding errors of size ``u·a·||G||`` which, once they exceed 1, make ``I + a G``
   indefinite (NaN from Cholesky).
-* In float64 the factor comes from a QR decomposition instead of Cholesky (see ``_factor``): its error is the
-  square root of the Gram route's, which is what keeps 1e-6 relative accuracy at any scale and rank.
-* Factorization failure is detected on the device with :func:`torch.linalg.cholesky_ex` (no host sync) and
-  the failed batch entries get a value of zero and a zero gradient, chosen by :func:`torch.where`; the
-  caller receives the mask to count or escalate them.
+* In float64 the factor comes from a QR decomposition instead of Cholesky (see ``_qr_factor``): its error is
+  the square root of the Gram route's, which is what keeps 1e-6 relative accuracy at any scale and rank.
+* Factorization failure is detected on the device with :func:`torch.linalg.cholesky_ex` (no host sync); the
+  factor of a failed batch entry is replaced by the identity with :func:`torch.where`, which gives the value
+  zero, a zero gradient and a backward that cannot raise; the caller receives the status to count or
+  escalate them.
+* Nothing in forward or backward reads a value on the host: on CUDA the backward inverts with a triangular
+  solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device sync.
+* On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK is up to
+  twice as slow at those orders (cache-set conflicts), and the padding changes nothing else.
 * Non-finite inputs propagate as NaN (value and gradient), never as a finite wrong number.
 * When ``a·tr(G)`` is tiny, ``1 + a·G_ii`` loses the digits that carry the answer, so the value comes from the
   series ``tr(A)/2 - tr(A²)/4`` (``A = a G``) instead; its truncation error is below ``tr(A)²/6`` relative,
@@ -84,29 +89,82 @@ def _matmul_precision_reduced(device: torch.device) -> bool:
     return bool(matmul.allow_tf32) or getattr(matmul, "fp32_precision", "none") == "tf32"
 
 
-def _factor(
-    x: Tensor, scaled_gram: Tensor, a: Tensor, n_side: bool, *, orthogonal: bool
+def _padded_size(k: int, device: torch.device) -> int:
+    """The order at which the ``k x k`` matrix ``M`` is factored, as ``blockdiag(M, I)`` when that is faster.
+
+    CPU LAPACK is up to twice as slow on a matrix whose order is a multiple of 128 as on a slightly larger
+    one (its columns fall into the same cache sets). ``blockdiag(M, I)`` has ``M``'s factor and inverse in its
+    leading block and the same determinant, so the padding changes the speed and nothing else.
+    """
+    return k + 8 if device.type == "cpu" and k >= 128 and k % 128 == 0 else k
+
+
+def _scaled_gram(
+    x: Tensor,
+    scale: Tensor | float,
+    n_side: bool,
+    mode: ReduceMode,
+    group: Any,
+    *,
+    gram_in_float64: bool,
+    pad: bool,
 ) -> tuple[Tensor, Tensor]:
-    """A lower-triangular ``L`` with ``L Lᵀ = I + a·G`` and the factorization status (0: success).
+    """``a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, and the zero-padded matrix that holds it.
 
-    The Cholesky route adds the identity to ``scaled_gram`` (``a·G``) in place.
+    The second tensor is the first one's storage, padded per :func:`_padded_size`; the Gram is written into
+    it directly rather than copied.
+    """
+    batch, k = x.shape[0], x.shape[-2] if n_side else x.shape[-1]
+    left, right = (x, x.mT) if n_side else (x.mT, x)
+    padded = _padded_size(k, x.device) if pad else k
+    if gram_in_float64 or mode == "reduce":
+        gram = (left.double() @ right.double()).to(x.dtype) if gram_in_float64 else left @ right
+        if mode == "reduce":
+            dist.all_reduce(gram, group=group)
+        if padded != k:
+            gram = torch.nn.functional.pad(gram, (0, padded - k, 0, padded - k))
+        matrix = gram
+    else:
+        matrix = x.new_zeros(batch, padded, padded) if padded != k else x.new_empty(batch, k, k)
+        if not isinstance(scale, Tensor):
+            # beta=0 ignores the (uninitialized) contents; the scale rides on the GEMM.
+            matrix[:, :k, :k].baddbmm_(left, right, beta=0.0, alpha=scale)
+            return matrix[:, :k, :k], matrix
+        torch.bmm(left, right, out=matrix[:, :k, :k])
+    matrix.mul_(scale[:, None, None] if isinstance(scale, Tensor) else scale)
+    return matrix[:, :k, :k], matrix
 
-    ``orthogonal=False``: Cholesky of ``I + a·G``, whose rounding perturbs the eigenvalues of ``I + a·G``
-    (all >= 1) by ``~u·a·||G||``. ``orthogonal=True``: Householder QR of ``B = [√a·X_side; I_k]``, for which
-    ``BᵀB = I + a·G`` exactly; QR's backward error perturbs the singular values of ``B`` (all >= 1) by
-    ``~u·√(a·||G||)``, the square root of the Gram route's error, so rank-deficient features at large scale
+
+def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
+    """Lower-triangular ``L`` with ``L Lᵀ = I + a·G`` from a Householder QR of ``B = [√a·X_side; I_k]``.
+
+    ``BᵀB = I + a·G`` exactly, and QR's backward error perturbs the singular values of ``B`` (all >= 1) by
+    ``~u·√(a·||G||)``: the square root of the Gram route's error, so rank-deficient features at large scale
     keep full float64 accuracy. It costs a few Grams, and it never fails.
     """
-    if not orthogonal:
-        scaled_gram.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        chol, info = torch.linalg.cholesky_ex(scaled_gram)
-        return chol, info
     side = x.mT if n_side else x
     k = side.shape[-1]
+    root = scale.sqrt()[:, None, None] if isinstance(scale, Tensor) else scale**0.5
     eye = torch.eye(k, dtype=x.dtype, device=x.device).expand(x.shape[0], k, k)
-    r = torch.linalg.qr(torch.cat([side * a.sqrt()[:, None, None], eye], dim=-2), mode="r").R
     # R's diagonal may be negative; L Lᵀ = RᵀR holds regardless, and the log-determinant uses |diag|.
-    return r.mT, torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
+    r: Tensor = torch.linalg.qr(torch.cat([side * root, eye], dim=-2), mode="r").R
+    return r.mT
+
+
+def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
+    """``(L Lᵀ)⁻¹`` from a lower-triangular ``L`` with a nonzero diagonal, without a host sync.
+
+    ``potri=None`` picks by device. On CPU, LAPACK's potri (:func:`torch.cholesky_inverse`): ``2k³/3`` flops,
+    about twice as fast as two triangular solves with the ``m`` right-hand sides of the gradient, and
+    ``k x k``, never the larger side. Elsewhere :func:`torch.cholesky_inverse` checks its status on the host
+    (a device sync), so ``L⁻¹`` comes from a triangular solve and ``M⁻¹ = L⁻ᵀL⁻¹`` from one GEMM.
+    """
+    if potri if potri is not None else chol.device.type == "cpu":
+        return torch.cholesky_inverse(chol)
+    eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+    inv_chol = torch.linalg.solve_triangular(chol, eye, upper=False)
+    inverse: Tensor = inv_chol.mT @ inv_chol
+    return inverse
 
 
 class _GramHalfLogdet(torch.autograd.Function):
@@ -116,7 +174,7 @@ class _GramHalfLogdet(torch.autograd.Function):
     def forward(
         ctx: FunctionCtx,
         x: Tensor,
-        scale: Tensor,
+        scale: Tensor | float,
         mode: ReduceMode,
         group: Any,
         gram_in_float64: bool,
@@ -132,35 +190,45 @@ class _GramHalfLogdet(torch.autograd.Function):
             # (world·B, n, d) -> (B, world·n, d): rank r's rows sit at [r·n, (r+1)·n).
             x = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
         n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
-        src = x.double() if gram_in_float64 else x
-        gram = (src @ src.mT if n_side else src.mT @ src).to(x.dtype)
-        if mode == "reduce":
-            dist.all_reduce(gram, group=group)
-
-        a = scale.to(x.dtype)
-        scaled_gram = gram * a[:, None, None]
-        scaled_trace = scaled_gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-        scaled_norm = torch.linalg.vector_norm(scaled_gram, dim=(-2, -1))
-        series = torch.addcmul(0.5 * scaled_trace, scaled_norm, scaled_norm, value=-0.25)
-        chol, info = _factor(x, scaled_gram, a, n_side, orthogonal=orthogonal)
-        diagonal = chol.diagonal(dim1=-2, dim2=-1)
-        factored = (diagonal.abs() if orthogonal else diagonal).log().sum(-1)
+        scaled_gram, matrix = _scaled_gram(
+            x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal
+        )
+        # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
+        diagonal = matrix.diagonal(dim1=-2, dim2=-1)
+        scaled_trace = diagonal.sum(-1)
+        norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
+        if orthogonal:
+            chol = _qr_factor(x, scale, n_side)
+            info = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
+            ok = info == 0
+            factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+        else:
+            diagonal.add_(1.0)
+            chol, info = torch.linalg.cholesky_ex(matrix)
+            ok = info == 0
+            # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises): replace
+            # it by the identity, whose log-determinant is the fallback value 0 and whose inverse is finite.
+            eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+            chol = torch.where(ok[:, None, None], chol, eye)
+            factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
         value = torch.where(scaled_trace < _SERIES_THRESHOLD[x.dtype], series, factored)
-        # Failed factors give 0; adding (t - t), which is 0 for finite t and NaN otherwise, makes non-finite
-        # input come out as NaN whatever the factorization did.
-        value = torch.where(info == 0, value, 0.0) + (scaled_trace - scaled_trace)
+        # 0 for finite input and NaN otherwise: non-finite input comes out as NaN whatever the factorization
+        # did (LAPACK flags NaN as a failure, cuSOLVER need not).
+        probe = scaled_trace - scaled_trace
+        value = value.add_(probe)
 
-        ctx.save_for_backward(x, chol, a, info, scaled_trace)
-        ctx.n_side = n_side  # type: ignore[attr-defined]
-        ctx.mode = mode  # type: ignore[attr-defined]
-        ctx.group = group  # type: ignore[attr-defined]
-        ctx.rows = (rank * local_n, (rank + 1) * local_n)  # type: ignore[attr-defined]
+        # A tensor scale is saved (version-checked); a float one travels on ctx.
+        ctx.save_for_backward(x, chol, ok, probe, *([scale] if isinstance(scale, Tensor) else []))
+        ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
+        ctx.layout = (n_side, mode, group, scaled_gram.shape[-1], rank * local_n, local_n)  # type: ignore[attr-defined]
         ctx.mark_non_differentiable(info, scaled_trace)
+        ctx.set_materialize_grads(False)
         return value, info, scaled_trace
 
     @staticmethod
     def backward(
-        ctx: FunctionCtx, grad_value: Tensor, _grad_info: Tensor, _grad_trace: Tensor
+        ctx: FunctionCtx, grad_value: Tensor | None, _grad_info: Tensor | None, _grad_trace: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
             # The backward reuses a factor saved without history, so its output cannot be differentiated
@@ -169,29 +237,27 @@ class _GramHalfLogdet(torch.autograd.Function):
                 "the coding rate provides first derivatives only: backward with create_graph=True "
                 "(double backward) is not supported"
             )
-        x, chol, a, info, scaled_trace = ctx.saved_tensors  # type: ignore[attr-defined]
-        g = grad_value.to(x.dtype)
-        if ctx.mode != "local":  # type: ignore[attr-defined]
+        if grad_value is None:
+            return None, None, None, None, None, None
+        x, chol, ok, probe, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
+        n_side, mode, group, k, first_row, local_n = ctx.layout  # type: ignore[attr-defined]
+        coef = grad_value * (scale_tensor[0] if scale_tensor else ctx.scale)  # type: ignore[attr-defined]
+        if mode != "local":
             # Every rank holds a copy of the global rate; summing the upstream gradients of all copies makes
             # DDP's mean all-reduce of parameter gradients equal the single-process full-batch gradient.
-            g = g.clone()
-            dist.all_reduce(g, group=ctx.group)  # type: ignore[attr-defined]
-        # M⁻¹ from the saved factor (potri) and one GEMM: on CPU this is about twice as fast as two
-        # triangular solves with the m right-hand sides, and it is k x k, never the larger side.
-        inverse = torch.cholesky_inverse(chol)
-        # A failed factor holds garbage; its entries get exactly zero gradient, not NaN times zero.
-        failed = (info != 0) & scaled_trace.isfinite()
-        inverse = torch.where(failed[:, None, None], 0.0, inverse * (a * g)[:, None, None])
-        grad = inverse @ x if ctx.n_side else x @ inverse  # type: ignore[attr-defined]
-        if ctx.mode == "gather":  # type: ignore[attr-defined]
-            lo, hi = ctx.rows  # type: ignore[attr-defined]
-            grad = grad[:, lo:hi]
+            dist.all_reduce(coef, group=group)
+        # Failed factors (now the identity) get exactly zero gradient; non-finite input gets NaN.
+        coef = torch.where(ok, coef, probe)
+        inverse = _spd_inverse(chol)[:, :k, :k] * coef[:, None, None]
+        grad = inverse @ x if n_side else x @ inverse
+        if mode == "gather":
+            grad = grad[:, first_row : first_row + local_n]
         return grad, None, None, None, None, None
 
 
 def gram_half_logdet(
     x: Tensor,
-    scale: Tensor,
+    scale: Tensor | float,
     *,
     mode: ReduceMode = "local",
     group: Any = None,
@@ -205,7 +271,8 @@ def gram_half_logdet(
 
     Args:
         x: Features in the compute dtype (float32 or float64), contiguous batch of sets.
-        scale: Per-batch-entry scale ``a``, same dtype and device as ``x``.
+        scale: The scale ``a``: one Python float for all batch entries, or a tensor with one per entry (same
+            dtype and device as ``x``).
         mode: ``"local"`` (this process only), ``"reduce"`` (sum the ``d x d`` Gram over the process group) or
             ``"gather"`` (concatenate the rows of all ranks and factor the ``n x n`` side).
         group: The process group for ``"reduce"`` and ``"gather"`` (``None``: the default group).
@@ -226,7 +293,7 @@ def gram_half_logdet(
 
     Shape:
         - x: ``(B, n, d)``
-        - scale: ``(B,)``
+        - scale: ``(B,)`` or a float
 
     Examples:
         >>> x = torch.randn(2, 8, 32, dtype=torch.float64)
@@ -247,11 +314,13 @@ def gram_half_logdet(
     if bool(failed.any()):
         if fallback == "raise":
             bad = failed.nonzero().flatten().tolist()
+            shown_scale = scale[bad].tolist() if isinstance(scale, Tensor) else scale
             raise torch.linalg.LinAlgError(  # type: ignore[attr-defined]
                 f"Cholesky factorization of I + a*Gram failed for batch entries {bad} "
-                f"(scale a={scale[bad].tolist()}): the float32 Gram is too inaccurate at this scale; pass "
+                f"(scale a={shown_scale}): the float32 Gram is too inaccurate at this scale; pass "
                 "compute_dtype=torch.float64, a larger eps / smaller alpha, or normalize=True"
             )
-        exact = _GramHalfLogdet.apply(x.double(), scale.double(), mode, group, False, mode != "reduce")
+        exact_scale = scale.double() if isinstance(scale, Tensor) else scale
+        exact = _GramHalfLogdet.apply(x.double(), exact_scale, mode, group, False, mode != "reduce")
         rate = torch.where(failed, exact[0].to(rate.dtype), rate)
     return GramLogdet(rate, info, scaled_trace)
