@@ -122,6 +122,7 @@ ROUTE_TITLES: dict[str, str] = {
     "cholesky_small": "`cholesky`, small side, autograd",
     "cholesky_small_batched": "`cholesky`, small side, autograd, batched",
     "eigvalsh_small": "`eigvalsh`, small side",
+    "bare_small": "ours without padding, fallback, series or NaN checks (not public code)",
     "mcr2_dense_loop": "per-class loop as in the MCR² code (dense n x n membership, d-side `torch.logdet`)",
     "logdet_d_loop": "per-class loop of d-side `torch.logdet`, boolean-mask gathers",
     "ours_loop": "per-class loop of ours (`coding_rate`)",
@@ -179,6 +180,7 @@ def _routes(w: Workload, eps: float) -> dict[str, Route]:
         "cholesky_d": on_views(bl.cholesky_dside),
         "cholesky_small": on_views(bl.cholesky_small),
         "eigvalsh_small": on_views(bl.eigvalsh_small),
+        "bare_small": lambda z, _: bl.bare_small(z, eps).sum(),
     }
     if w.kind == "views":
         routes["cholesky_small_batched"] = lambda z, _: bl.cholesky_small(z, eps).sum()

@@ -11,6 +11,9 @@ so that the benchmark times those routes rather than an idealized version of the
 * :func:`cholesky_small`: Cholesky of the ``k x k`` matrix on the smaller side, ``k = min(n, d)``
   (Sylvester's identity), differentiated by plain autograd; batched over leading dimensions.
 * :func:`eigvalsh_small`: ``sum(log1p(a * eigvalsh(G)))`` of the smaller-side Gram ``G``.
+* :func:`bare_small`: the algorithm of ``jepa_rate`` with nothing else: one small-side Cholesky reused by an
+  analytic backward, without its padding, failure fallback, series branch or NaN propagation. Not public
+  code: it measures what those safety features cost.
 * :func:`grouped_mcr2_dense`: the MCR² rate reduction exactly as the MCR² code computes it: a Python loop
   over classes, each class term ``logdet(I + a_j W Π_j Wᵀ)`` with a dense ``n x n`` diagonal membership
   matrix ``Π_j``.
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "bare_small",
     "cholesky_dside",
     "cholesky_small",
     "eigvalsh_small",
@@ -123,6 +127,37 @@ def eigvalsh_small(z: Tensor, eps: float) -> Tensor:
     n, d = z.shape[-2:]
     gram = _small_gram(z).to(_factor_dtype(z))
     return 0.5 * torch.log1p(scale(n, d, eps) * torch.linalg.eigvalsh(gram)).sum(-1)
+
+
+class _BareHalfLogdet(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, z: Tensor, scale: float) -> Tensor:
+        n_side = z.shape[-2] <= z.shape[-1]
+        matrix = scale * (z @ z.mT if n_side else z.mT @ z)
+        matrix.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        chol, _ = torch.linalg.cholesky_ex(matrix)
+        ctx.save_for_backward(z, chol)
+        ctx.n_side, ctx.scale = n_side, scale  # type: ignore[attr-defined]
+        value: Tensor = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return value
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        z, chol = ctx.saved_tensors  # type: ignore[attr-defined]
+        inverse = torch.cholesky_inverse(chol) * (ctx.scale * grad)[..., None, None]  # type: ignore[attr-defined]
+        return (inverse @ z if ctx.n_side else z @ inverse), None  # type: ignore[attr-defined]
+
+
+def bare_small(z: Tensor, eps: float) -> Tensor:
+    """``sum(log(diag(L)))`` with ``L = cholesky_ex(I_k + a G)``, small side, ``a·M⁻¹Z`` backward, no checks.
+
+    Raises:
+        ValueError: If ``z`` has fewer than two dimensions.
+    """
+    _check_matrix(z, batched=True)
+    n, d = z.shape[-2:]
+    value: Tensor = _BareHalfLogdet.apply(z, scale(n, d, eps))
+    return value
 
 
 def loop_over_views(route: Callable[[Tensor, float], Tensor], z: Tensor, eps: float) -> Tensor:

@@ -71,6 +71,7 @@ def test_baselines_match_float64_reference(n: int, d: int, eps: float, seed: int
         bl.cholesky_dside,
         bl.cholesky_small,
         bl.eigvalsh_small,
+        bl.bare_small,
         bl.reference_rate,
     ):
         torch.testing.assert_close(
@@ -87,7 +88,7 @@ def test_baseline_gradients_match_closed_form(n: int, d: int) -> None:
     expected = (
         a * z.detach() @ torch.linalg.inv(torch.eye(d, dtype=torch.float64) + a * z.detach().mT @ z.detach())
     )
-    for route in (bl.logdet_dside, bl.cholesky_dside, bl.cholesky_small, bl.eigvalsh_small):
+    for route in (bl.logdet_dside, bl.cholesky_dside, bl.cholesky_small, bl.eigvalsh_small, bl.bare_small):
         (grad,) = torch.autograd.grad(route(z, eps), z)
         torch.testing.assert_close(grad, expected, rtol=RTOL, atol=ATOL, msg=route.__name__)
 
@@ -99,6 +100,7 @@ def test_view_loop_and_batched_routes_agree() -> None:
         bl.loop_over_views(bl.logdet_dside, z, 0.5), per_view.sum(), rtol=RTOL, atol=ATOL
     )
     torch.testing.assert_close(bl.cholesky_small(z, 0.5), per_view, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(bl.bare_small(z, 0.5), per_view, rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(bl.reference_rate(z, 0.5), per_view, rtol=RTOL, atol=ATOL)
     with pytest.raises(ValueError, match=r"\(7, 19\)"):
         bl.loop_over_views(bl.logdet_dside, z[0], 0.5)
