@@ -35,6 +35,33 @@ def test_padded_orders_give_the_unpadded_value_and_gradient(n: int, d: int) -> N
     assert_close(x.grad[0], rate_grad_reference(z, scale), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize(("n", "d"), [(300, 700), (700, 300)])
+@pytest.mark.parametrize("tensor_scale", [False, True])
+def test_blocked_gram_gives_the_value_and_gradient(n: int, d: int, tensor_scale: bool) -> None:
+    # k = 300 >= 256: the Gram's upper block is never computed, on either side, with either scale type.
+    z = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    x = z[None].clone().requires_grad_()
+    a = d / (n * 0.5)
+    scale = torch.full((1,), a, dtype=torch.float64) if tensor_scale else a
+    out = gram_half_logdet(x, scale, method="cholesky")
+    out.rate.sum().backward()
+    assert_close(out.rate, rate_reference(z, a)[None], rtol=1e-10, atol=0)
+    assert_close(out.scaled_trace, a * z.square().sum()[None], rtol=1e-12, atol=0)
+    assert x.grad is not None
+    assert_close(x.grad[0], rate_grad_reference(z, a), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["cholesky", "qr"])
+def test_blocked_gram_series_branch_counts_the_unwritten_block(method: str) -> None:
+    # a·tr(G) ~ 1e-6 takes the series tr(A)/2 - ||A||²/4, whose norm must include the mirrored block:
+    # leaving it out would shift the value by ~1e-7 relative, far above the 1e-10 asserted here.
+    z = torch.randn(300, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    a = 1e-6 / float(z.square().sum())
+    out = gram_half_logdet(z[None], a, method=method)  # type: ignore[arg-type]
+    assert float(out.scaled_trace[0]) < 3e-5
+    assert_close(out.rate, rate_reference(z, a)[None], rtol=1e-10, atol=0)
+
+
 def test_float_scale_equals_tensor_scale() -> None:
     z = torch.randn(3, 20, 12, dtype=torch.float64)
     as_float = gram_half_logdet(z, 0.8, method="cholesky").rate

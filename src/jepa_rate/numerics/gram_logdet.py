@@ -18,9 +18,11 @@ Why each choice:
 * In float64 the factor comes from a QR decomposition instead of Cholesky (see ``_qr_factor``): its error is
   the square root of the Gram route's, which is what keeps 1e-6 relative accuracy at any scale and rank.
 * Factorization failure is detected on the device with :func:`torch.linalg.cholesky_ex` (no host sync); the
-  factor of a failed batch entry is replaced by the identity with :func:`torch.where`, which gives the value
-  zero, a zero gradient and a backward that cannot raise; the caller receives the status to count or
-  escalate them.
+  factor of a failed batch entry is replaced by a unit lower-triangular one with :func:`torch.where`, which
+  gives the value zero, a zero gradient and a backward that cannot raise; the caller receives the status to
+  count or escalate them.
+* From order 256 on, the Gram is formed from three GEMMs of its lower blocks (3/4 of the flops): the
+  factorization reads only the lower triangle.
 * Nothing in forward or backward reads a value on the host: on CUDA the backward inverts with a triangular
   solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device sync.
 * On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK is up to
@@ -99,6 +101,10 @@ def _padded_size(k: int, device: torch.device) -> int:
     return k + 8 if device.type == "cpu" and k >= 128 and k % 128 == 0 else k
 
 
+# Order from which the Gram is formed as three GEMMs of its lower blocks (3/4 of the flops) instead of one.
+_BLOCKED_GRAM_MIN_ORDER = 256
+
+
 def _scaled_gram(
     x: Tensor,
     scale: Tensor | float,
@@ -108,31 +114,39 @@ def _scaled_gram(
     *,
     gram_in_float64: bool,
     pad: bool,
-) -> tuple[Tensor, Tensor]:
-    """``a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, and the zero-padded matrix that holds it.
+) -> tuple[Tensor, Tensor | None]:
+    """The matrix that holds ``A = a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, zero-padded per
+    :func:`_padded_size`, and the block of ``A`` whose mirror image was not written (``None``: all written).
 
-    The second tensor is the first one's storage, padded per :func:`_padded_size`; the Gram is written into
-    it directly rather than copied.
+    Only the lower triangle is read by the factorization, so from order ``_BLOCKED_GRAM_MIN_ORDER`` on the
+    upper off-diagonal block is left at zero and never computed (``||A||_F`` then needs the returned block
+    counted twice). The Gram is written into the padded matrix directly rather than copied.
     """
     batch, k = x.shape[0], x.shape[-2] if n_side else x.shape[-1]
-    left, right = (x, x.mT) if n_side else (x.mT, x)
     padded = _padded_size(k, x.device) if pad else k
     if gram_in_float64 or mode == "reduce":
+        left, right = (x, x.mT) if n_side else (x.mT, x)
         gram = (left.double() @ right.double()).to(x.dtype) if gram_in_float64 else left @ right
         if mode == "reduce":
             dist.all_reduce(gram, group=group)
         if padded != k:
             gram = torch.nn.functional.pad(gram, (0, padded - k, 0, padded - k))
-        matrix = gram
-    else:
-        matrix = x.new_zeros(batch, padded, padded) if padded != k else x.new_empty(batch, k, k)
-        if not isinstance(scale, Tensor):
-            # beta=0 ignores the (uninitialized) contents; the scale rides on the GEMM.
-            matrix[:, :k, :k].baddbmm_(left, right, beta=0.0, alpha=scale)
-            return matrix[:, :k, :k], matrix
-        torch.bmm(left, right, out=matrix[:, :k, :k])
-    matrix.mul_(scale[:, None, None] if isinstance(scale, Tensor) else scale)
-    return matrix[:, :k, :k], matrix
+        gram.mul_(scale[:, None, None] if isinstance(scale, Tensor) else scale)
+        return gram, None
+    blocked = k >= _BLOCKED_GRAM_MIN_ORDER
+    matrix = x.new_zeros(batch, padded, padded) if padded != k or blocked else x.new_empty(batch, k, k)
+    # beta=0 ignores the (uninitialized) contents; a float scale rides on the GEMM.
+    alpha = 1.0 if isinstance(scale, Tensor) else scale
+    half = k // 2 if blocked else k
+    parts = (x[:, :half], x[:, half:]) if n_side else (x[:, :, :half].mT, x[:, :, half:].mT)
+    matrix[:, :half, :half].baddbmm_(parts[0], parts[0].mT, beta=0.0, alpha=alpha)
+    mirrored = None
+    if blocked:
+        mirrored = matrix[:, half:k, :half].baddbmm_(parts[1], parts[0].mT, beta=0.0, alpha=alpha)
+        matrix[:, half:k, half:k].baddbmm_(parts[1], parts[1].mT, beta=0.0, alpha=alpha)
+    if isinstance(scale, Tensor):
+        matrix.mul_(scale[:, None, None])
+    return matrix, mirrored
 
 
 def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
@@ -190,13 +204,15 @@ class _GramHalfLogdet(torch.autograd.Function):
             # (world·B, n, d) -> (B, world·n, d): rank r's rows sit at [r·n, (r+1)·n).
             x = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
         n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
-        scaled_gram, matrix = _scaled_gram(
+        matrix, mirrored = _scaled_gram(
             x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal
         )
         # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
         diagonal = matrix.diagonal(dim1=-2, dim2=-1)
         scaled_trace = diagonal.sum(-1)
         norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
+        if mirrored is not None:
+            norm = torch.hypot(norm, torch.linalg.vector_norm(mirrored, dim=(-2, -1)))
         if orthogonal:
             chol = _qr_factor(x, scale, n_side)
             info = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
@@ -206,10 +222,11 @@ class _GramHalfLogdet(torch.autograd.Function):
             diagonal.add_(1.0)
             chol, info = torch.linalg.cholesky_ex(matrix)
             ok = info == 0
-            # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises): replace
-            # it by the identity, whose log-determinant is the fallback value 0 and whose inverse is finite.
-            eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
-            chol = torch.where(ok[:, None, None], chol, eye)
+            # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises). Replace
+            # it by all ones: read as lower-triangular (the only triangle used) that is a unit-diagonal factor
+            # with log-determinant 0, the fallback value, and a small finite inverse. A scalar fill also keeps
+            # the factor's column-major layout, which cholesky_inverse would otherwise copy into.
+            chol = torch.where(ok[:, None, None], chol, 1.0)
             factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
         value = torch.where(scaled_trace < _SERIES_THRESHOLD[x.dtype], series, factored)
@@ -221,7 +238,8 @@ class _GramHalfLogdet(torch.autograd.Function):
         # A tensor scale is saved (version-checked); a float one travels on ctx.
         ctx.save_for_backward(x, chol, ok, probe, *([scale] if isinstance(scale, Tensor) else []))
         ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
-        ctx.layout = (n_side, mode, group, scaled_gram.shape[-1], rank * local_n, local_n)  # type: ignore[attr-defined]
+        k = x.shape[-2] if n_side else x.shape[-1]
+        ctx.layout = (n_side, mode, group, k, rank * local_n, local_n)  # type: ignore[attr-defined]
         ctx.mark_non_differentiable(info, scaled_trace)
         ctx.set_materialize_grads(False)
         return value, info, scaled_trace
@@ -246,7 +264,7 @@ class _GramHalfLogdet(torch.autograd.Function):
             # Every rank holds a copy of the global rate; summing the upstream gradients of all copies makes
             # DDP's mean all-reduce of parameter gradients equal the single-process full-batch gradient.
             dist.all_reduce(coef, group=group)
-        # Failed factors (now the identity) get exactly zero gradient; non-finite input gets NaN.
+        # Failed factors (now unit triangular) get exactly zero gradient; non-finite input gets NaN.
         coef = torch.where(ok, coef, probe)
         inverse = _spd_inverse(chol)[:, :k, :k] * coef[:, None, None]
         grad = inverse @ x if n_side else x @ inverse
