@@ -2,7 +2,9 @@
 """Forward-only benchmark of the ways to take the log-determinant of a symmetric positive definite matrix.
 
 Routes: ``torch.logdet`` (LU), ``torch.linalg.slogdet`` (LU), ``torch.linalg.cholesky`` and
-``torch.linalg.cholesky_ex`` followed by ``2 * sum(log(diag(L)))``, and ``sum(log(eigvalsh(A)))``. Each value
+``torch.linalg.cholesky_ex`` followed by ``2 * sum(log(diag(L)))``, ``cholesky_ex`` of ``blockdiag(A, I_8)``
+(the padded order ``jepa_rate`` factors on CPU when ``k`` is a multiple of 128), and
+``sum(log(eigvalsh(A)))``. Each value
 is checked against a float64 eigenvalue reference computed one matrix at a time, so a route that is fast
 but wrong (for example a multi-threaded batched LU) is flagged in the report.
 
@@ -66,6 +68,15 @@ def _cholesky_ex(a: Tensor) -> Tensor:
     return 2.0 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
+def _cholesky_ex_padded(a: Tensor) -> Tensor:
+    # blockdiag(A, I_8): same determinant; the order of jepa_rate's CPU kernel when k is a multiple of 128.
+    k = a.shape[-1]
+    padded = torch.nn.functional.pad(a, (0, 8, 0, 8))
+    padded.diagonal(dim1=-2, dim2=-1)[..., k:] = 1.0
+    factor: Tensor = torch.linalg.cholesky_ex(padded).L
+    return 2.0 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
 def _eigvalsh(a: Tensor) -> Tensor:
     eig: Tensor = torch.linalg.eigvalsh(a)
     return eig.log().sum(-1)
@@ -76,6 +87,7 @@ ROUTES: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
     "slogdet": ("`torch.linalg.slogdet`", lambda a: torch.linalg.slogdet(a).logabsdet),
     "cholesky": ("`cholesky` + 2 Σ log diag", _cholesky),
     "cholesky_ex": ("`cholesky_ex` + 2 Σ log diag", _cholesky_ex),
+    "cholesky_ex_padded": ("`cholesky_ex` of blockdiag(A, I₈)", _cholesky_ex_padded),
     "eigvalsh": ("`eigvalsh` + Σ log", _eigvalsh),
 }
 

@@ -25,8 +25,9 @@ Why each choice:
   factorization reads only the lower triangle.
 * Nothing in forward or backward reads a value on the host: on CUDA the backward inverts with a triangular
   solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device sync.
-* On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK is up to
-  twice as slow at those orders (cache-set conflicts), and the padding changes nothing else.
+* On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK's
+  Cholesky is much slower at those orders (1.8x to 3.7x in ``benchmarks/logdet.py``, padding included),
+  presumably because the columns fall into the same cache sets, and the padding changes nothing else.
 * Non-finite inputs propagate as NaN (value and gradient), never as a finite wrong number.
 * When ``a·tr(G)`` is tiny, ``1 + a·G_ii`` loses the digits that carry the answer, so the value comes from the
   series ``tr(A)/2 - tr(A²)/4`` (``A = a G``) instead; its truncation error is below ``tr(A)²/6`` relative,
@@ -94,9 +95,9 @@ def _matmul_precision_reduced(device: torch.device) -> bool:
 def _padded_size(k: int, device: torch.device) -> int:
     """The order at which the ``k x k`` matrix ``M`` is factored, as ``blockdiag(M, I)`` when that is faster.
 
-    CPU LAPACK is up to twice as slow on a matrix whose order is a multiple of 128 as on a slightly larger
-    one (its columns fall into the same cache sets). ``blockdiag(M, I)`` has ``M``'s factor and inverse in its
-    leading block and the same determinant, so the padding changes the speed and nothing else.
+    CPU LAPACK factors a matrix whose order is a multiple of 128 much more slowly than a slightly larger one
+    (see ``benchmarks/logdet.py``). ``blockdiag(M, I)`` has ``M``'s factor and inverse in its leading block
+    and the same determinant, so the padding changes the speed and nothing else.
     """
     return k + 8 if device.type == "cpu" and k >= 128 and k % 128 == 0 else k
 
