@@ -26,7 +26,7 @@ Why each choice:
 * Nothing in forward or backward reads a value on the host: on CUDA the backward inverts with a triangular
   solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device sync.
 * On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK's
-  Cholesky is much slower at those orders (1.8x to 3.7x in ``benchmarks/logdet.py``, padding included),
+  Cholesky is much slower at those orders (1.7x to 3.7x in ``benchmarks/logdet.py``, padding included),
   presumably because the columns fall into the same cache sets, and the padding changes nothing else.
 * Non-finite inputs propagate as NaN (value and gradient), never as a finite wrong number.
 * When ``a·tr(G)`` is tiny, ``1 + a·G_ii`` loses the digits that carry the answer, so the value comes from the
