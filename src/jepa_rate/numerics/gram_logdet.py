@@ -116,12 +116,12 @@ def _scaled_gram(
     gram_in_float64: bool,
     pad: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """The matrix that holds ``A = a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, zero-padded per
-    :func:`_padded_size`, and the block of ``A`` whose mirror image was not written (``None``: all written).
+    """``A = a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, and the block of it whose mirror is unwritten.
 
-    Only the lower triangle is read by the factorization, so from order ``_BLOCKED_GRAM_MIN_ORDER`` on the
-    upper off-diagonal block is left at zero and never computed (``||A||_F`` then needs the returned block
-    counted twice). The Gram is written into the padded matrix directly rather than copied.
+    The matrix is zero-padded per :func:`_padded_size`, and the Gram is written into it directly rather than
+    copied. Only the lower triangle is read by the factorization, so from order ``_BLOCKED_GRAM_MIN_ORDER``
+    on the upper off-diagonal block is left at zero and never computed; ``||A||_F`` then needs the returned
+    block counted twice. The second result is ``None`` when all of ``A`` was written.
     """
     batch, k = x.shape[0], x.shape[-2] if n_side else x.shape[-1]
     padded = _padded_size(k, x.device) if pad else k
