@@ -15,8 +15,16 @@ from jepa_rate import CodingRateLoss
 
 WORLD = 2
 # (rows per rank, input dim, feature dim, center): d <= global n uses all_reduce of the d x d Gram,
-# global n < d all_gathers the rows and factors the n x n side.
-CASES = [(16, 5, 8, False), (16, 5, 8, True), (3, 5, 12, False), (3, 5, 12, True)]
+# global n < d all_gathers the rows and factors the n x n side. The last two reach the padded order
+# (d = 128 after the all_reduce) and the Gram from its lower blocks (global n = 300 after the all_gather).
+CASES = [
+    (16, 5, 8, False),
+    (16, 5, 8, True),
+    (3, 5, 12, False),
+    (3, 5, 12, True),
+    (80, 5, 128, True),
+    (150, 5, 400, False),
+]
 
 
 def make_problem(rows: int, d_in: int, d: int) -> tuple[torch.Tensor, torch.nn.Linear]:
