@@ -284,6 +284,7 @@ class CodingRateLoss(nn.Module):
             loss=-self.weight * mean_rate,
             rate=mean_rate,
             normalized_rate=ratio.mean(),
-            scale=torch.tensor(result.scale, dtype=rate.dtype, device=rate.device),
+            # A fill on the device: torch.tensor would copy from the host and synchronize on CUDA.
+            scale=torch.full((), result.scale, dtype=rate.dtype, device=rate.device),
             fallback_count=result.core.failed.sum(),
         )
