@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # CUDA run of both benchmarks, sized to finish in a few minutes on one data-centre GPU (H100/H200 class):
+#   * no host synchronization on the coding rate's default path (cuda_sync_check.py, seconds);
 #   * coding rate forward + backward, float32 and bfloat16 (bf16 inputs under autocast);
 #   * logdet alone in float32 and float64, single matrices and batches of 64.
 # Reports (JSON + markdown) and a log go to "$OUT" when it is set, else to benchmarks/results/.
@@ -36,6 +37,7 @@ step() {
     echo "== $((SECONDS - start)) s" | tee -a "$log"
 }
 
+step "$here/cuda_sync_check.py"
 step "$here/coding_rate.py" "${common[@]}" --dtype float32
 step "$here/coding_rate.py" "${common[@]}" --dtype bfloat16
 step "$here/logdet.py" "${common[@]}" --dtype both

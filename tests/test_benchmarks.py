@@ -36,6 +36,7 @@ cr_bench = _load("coding_rate")
 bl = importlib.import_module("rate_baselines")
 harness = importlib.import_module("_harness")
 ld_bench = _load("logdet")
+sync_check = _load("cuda_sync_check")
 
 # float64 throughout: the only error is rounding in factorizations of well-conditioned matrices (the
 # eigenvalues of I + aG are >= 1), far below 1e-9 relative for these sizes.
@@ -266,3 +267,10 @@ def test_logdet_quick_writes_consistent_reports(tmp_path: Path) -> None:
         assert heading in markdown
     with pytest.raises(ValueError, match="got 0"):
         ld_bench.main(["--quick", "--batch", "0", "--out-dir", str(tmp_path)])
+
+
+def test_cuda_sync_check_cases_run_on_cpu() -> None:
+    # The synchronization check itself needs CUDA; its workloads must at least run and produce gradients.
+    for name, case in sync_check.cases(torch.device("cpu")).items():
+        out = case()
+        assert out is not None, name
