@@ -2,8 +2,9 @@
 """Checks on a CUDA device that the coding rate's default path never synchronizes with the host.
 
 Runs the forward and backward of :func:`jepa_rate.coding_rate` (single set, batched sets, the n and d
-sides, orders that take the blocked Gram), :meth:`jepa_rate.CodingRateLoss.forward_components`, bf16
-inputs under autocast, and a set whose factorization fails (the ``zero`` fallback), with
+sides, orders that take the blocked Gram, the float64 QR route),
+:meth:`jepa_rate.CodingRateLoss.forward_components`, bf16 inputs under autocast, and a set whose
+factorization fails (the ``zero`` fallback), with
 ``torch.cuda.set_sync_debug_mode("error")``: any synchronizing CUDA call raises. Each case is run once
 before the check so that lazy initialization (cuBLAS/cuSOLVER handles, workspaces) is not counted.
 
@@ -60,6 +61,7 @@ def cases(device: torch.device) -> dict[str, Callable[[], object]]:
         "n side, 512x1024 (blocked Gram)": rate_step(features(512, 1024)),
         "10 views of 100x1024": rate_step(features(10, 100, 1024)),
         "center and normalize": rate_step(features(128, 640), center=True, normalize=True),
+        "compute_dtype=float64 (QR route)": rate_step(features(128, 640), compute_dtype=torch.float64),
         "forward_components": components,
         "bf16 under autocast": bf16_autocast,
         "failed factorization, zero fallback": rate_step(collapsed.requires_grad_(), eps=1e-3),
