@@ -45,6 +45,15 @@ def check_feature_tensor(z: object, name: str = "z", *, min_rows: int = 2) -> Te
     return z
 
 
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Checks that ``value`` is an int (not a bool) that is at least ``minimum`` and returns it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def check_positive(value: object, name: str) -> float:
     """Checks that ``value`` is a finite real number > 0 and returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

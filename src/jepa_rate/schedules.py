@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from jepa_rate._validation import check_int
+
 __all__ = [
     "ConstantSchedule",
     "CosineSchedule",
@@ -40,12 +42,7 @@ def _check_real(value: object, name: str) -> float:
 
 
 def _check_steps(value: object, name: str, *, allow_zero: bool) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
+    return check_int(value, name, minimum=0 if allow_zero else 1)
 
 
 def _check_step(step: object) -> int:

@@ -7,15 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from jepa_rate._validation import check_int
+
 __all__ = ["ConvEncoder", "cifar_resnet18"]
-
-
-def _check_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def cifar_resnet18(*, in_channels: int = 3, zero_init_residual: bool = True) -> nn.Module:
@@ -51,7 +45,7 @@ def cifar_resnet18(*, in_channels: int = 3, zero_init_residual: bool = True) -> 
         >>> net(torch.randn(2, 3, 32, 32)).shape, sum(p.numel() for p in net.parameters())
         (torch.Size([2, 512]), 11168832)
     """
-    _check_int(in_channels, "in_channels")
+    check_int(in_channels, "in_channels")
     try:
         models = importlib.import_module("torchvision.models")
     except ImportError as err:
@@ -99,12 +93,12 @@ class ConvEncoder(nn.Module):
         self, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128, 256), out_dim: int | None = None
     ) -> None:
         super().__init__()
-        _check_int(in_channels, "in_channels")
+        check_int(in_channels, "in_channels")
         widths = tuple(widths)
         if not widths:
             raise ValueError(f"widths must name at least one block, got {widths!r}")
         for i, width in enumerate(widths):
-            _check_int(width, f"widths[{i}]")
+            check_int(width, f"widths[{i}]")
         blocks: list[nn.Module] = []
         channels = in_channels
         for i, width in enumerate(widths):
@@ -116,7 +110,7 @@ class ConvEncoder(nn.Module):
             channels = width
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head: nn.Module = (
-            nn.Identity() if out_dim is None else nn.Linear(channels, _check_int(out_dim, "out_dim"))
+            nn.Identity() if out_dim is None else nn.Linear(channels, check_int(out_dim, "out_dim"))
         )
         self.out_dim = channels if out_dim is None else out_dim
         for module in self.modules():

@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice
+from jepa_rate._validation import check_choice, check_int
 from jepa_rate.modules._padding import check_padding_mask, last_valid_index
 
 __all__ = ["ActionEmbeddings", "ActionEncoder", "relative_actions"]
@@ -110,11 +110,8 @@ class ActionEncoder(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("action_dim", action_dim), ("embed_dim", embed_dim)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        check_int(action_dim, "action_dim")
+        check_int(embed_dim, "embed_dim")
         check_choice(norm, "norm", ("batch", "layer", "none"))
         self.action_dim = action_dim
         self.embed_dim = embed_dim

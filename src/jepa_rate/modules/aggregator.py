@@ -8,19 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice, check_probability
+from jepa_rate._validation import check_choice, check_int, check_probability
 
 __all__ = ["AggregatorOutput", "SeqAggregator", "TransformerLayer"]
 
 Activation = Literal["relu", "gelu"]
-
-
-def _check_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class TransformerLayer(nn.Module):
@@ -66,9 +58,9 @@ class TransformerLayer(nn.Module):
         layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        _check_int(d_model, "d_model")
-        _check_int(num_heads, "num_heads")
-        _check_int(dim_feedforward, "dim_feedforward")
+        check_int(d_model, "d_model")
+        check_int(num_heads, "num_heads")
+        check_int(dim_feedforward, "dim_feedforward")
         if d_model % num_heads != 0:
             raise ValueError(
                 f"d_model must be divisible by num_heads, got d_model={d_model}, num_heads={num_heads}"
@@ -185,11 +177,11 @@ class SeqAggregator(nn.Module):
         activation: Activation = "relu",
     ) -> None:
         super().__init__()
-        _check_int(d_model, "d_model")
-        _check_int(num_layers, "num_layers")
-        ff = 4 * d_model if dim_feedforward is None else _check_int(dim_feedforward, "dim_feedforward")
+        check_int(d_model, "d_model")
+        check_int(num_layers, "num_layers")
+        ff = 4 * d_model if dim_feedforward is None else check_int(dim_feedforward, "dim_feedforward")
         self.d_model = d_model
-        self.max_len = None if max_len is None else _check_int(max_len, "max_len")
+        self.max_len = None if max_len is None else check_int(max_len, "max_len")
         self.agg_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embed = None if max_len is None else nn.Parameter(torch.zeros(1, max_len, d_model))
         if self.pos_embed is not None:

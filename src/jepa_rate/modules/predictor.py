@@ -7,19 +7,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice
+from jepa_rate._validation import check_choice, check_int
 
 __all__ = ["ActionConditionedPredictor"]
 
 PredictorNorm = Literal["batch", "layer", "none"]
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class ActionConditionedPredictor(nn.Module):
@@ -63,11 +55,11 @@ class ActionConditionedPredictor(nn.Module):
         norm: PredictorNorm = "batch",
     ) -> None:
         super().__init__()
-        _check_int(in_dim, "in_dim", 1)
-        _check_int(action_dim, "action_dim", 0)
-        _check_int(out_dim, "out_dim", 1)
-        _check_int(hidden_dim, "hidden_dim", 1)
-        _check_int(num_layers, "num_layers", 1)
+        check_int(in_dim, "in_dim", 1)
+        check_int(action_dim, "action_dim", 0)
+        check_int(out_dim, "out_dim", 1)
+        check_int(hidden_dim, "hidden_dim", 1)
+        check_int(num_layers, "num_layers", 1)
         check_choice(norm, "norm", ("batch", "layer", "none"))
         self.in_dim = in_dim
         self.action_dim = action_dim
