@@ -195,7 +195,7 @@ class LinearSchedule:
     total_steps: int
 
     def __post_init__(self) -> None:
-        linear_ramp(0, start=self.start, end=self.end, total_steps=self.total_steps)
+        self(0)  # validates the settings now rather than at the first step
 
     def __call__(self, step: int) -> float:
         return linear_ramp(step, start=self.start, end=self.end, total_steps=self.total_steps)
@@ -216,7 +216,7 @@ class CosineSchedule:
     end: float = 1.0
 
     def __post_init__(self) -> None:
-        cosine_ramp(0, start=self.start, end=self.end, total_steps=self.total_steps)
+        self(0)  # validates the settings now rather than at the first step
 
     def __call__(self, step: int) -> float:
         return cosine_ramp(step, start=self.start, end=self.end, total_steps=self.total_steps)
@@ -239,7 +239,7 @@ class WarmupCosineSchedule:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        self(0)
+        self(0)  # validates the settings now rather than at the first step
 
     def __call__(self, step: int) -> float:
         return warmup_cosine(
