@@ -91,9 +91,13 @@ def cholesky_dside(z: Tensor, eps: float) -> Tensor:
         torch.linalg.LinAlgError: If the matrix is not numerically positive definite.
     """
     _check_matrix(z, batched=True)
-    n, d = z.shape[-2:]
-    eye = torch.eye(d, device=z.device, dtype=_factor_dtype(z))
-    factor: Tensor = torch.linalg.cholesky(eye + scale(n, d, eps) * (z.mT @ z))
+    return _cholesky_half_logdet(z.mT @ z, scale(*z.shape[-2:], eps))
+
+
+def _cholesky_half_logdet(gram: Tensor, a: float) -> Tensor:
+    """``sum(log(diag(cholesky(I + a·gram))))``, the identity in float32 (float64 for float64 input)."""
+    eye = torch.eye(gram.shape[-1], device=gram.device, dtype=_factor_dtype(gram))
+    factor: Tensor = torch.linalg.cholesky(eye + a * gram)
     return factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
@@ -110,11 +114,7 @@ def cholesky_small(z: Tensor, eps: float) -> Tensor:
         torch.linalg.LinAlgError: If the matrix is not numerically positive definite.
     """
     _check_matrix(z, batched=True)
-    n, d = z.shape[-2:]
-    k = min(n, d)
-    eye = torch.eye(k, device=z.device, dtype=_factor_dtype(z))
-    factor: Tensor = torch.linalg.cholesky(eye + scale(n, d, eps) * _small_gram(z))
-    return factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return _cholesky_half_logdet(_small_gram(z), scale(*z.shape[-2:], eps))
 
 
 def eigvalsh_small(z: Tensor, eps: float) -> Tensor:
@@ -133,7 +133,7 @@ class _BareHalfLogdet(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, z: Tensor, scale: float) -> Tensor:
         n_side = z.shape[-2] <= z.shape[-1]
-        matrix = scale * (z @ z.mT if n_side else z.mT @ z)
+        matrix = scale * _small_gram(z)
         matrix.diagonal(dim1=-2, dim2=-1).add_(1.0)
         chol, _ = torch.linalg.cholesky_ex(matrix)
         ctx.save_for_backward(z, chol)
