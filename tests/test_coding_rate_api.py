@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -126,8 +127,11 @@ def test_float64_fallback_recomputes_the_failed_sets() -> None:
 
 
 def test_raise_fallback_names_the_failed_sets() -> None:
-    with pytest.raises(torch.linalg.LinAlgError, match=r"batch entries \[0\]"):
+    with pytest.raises(torch.linalg.LinAlgError, match=r"failed for the matrix \(scale a=125.0\)"):
         coding_rate(collapsed_at_large_scale(), eps=1e-3, fallback="raise")
+    batch = torch.stack([torch.randn(512, 64), collapsed_at_large_scale()])
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch entries \[1\]"):
+        coding_rate(batch, eps=1e-3, fallback="raise")
 
 
 def test_nonfinite_inputs_propagate_nan_or_raise() -> None:
@@ -233,3 +237,28 @@ def test_reduced_float32_matmul_precision_builds_the_gram_in_float64() -> None:
     m = torch.eye(32) + 32 / (64 * 0.5) * gram
     expected = torch.linalg.cholesky(m).diagonal().log().sum()
     assert_close(reduced, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda z: z.mT.contiguous().mT,  # column-major (n, d)
+        lambda z: z[:, ::2],  # strided columns
+        lambda z: z.expand(3, *z.shape),  # a batch of one set repeated, stride 0
+        lambda z: z.reshape(2, 1, 12, 16)[:, 0],  # a batch view with a size-1 dimension dropped
+    ],
+    ids=["column-major", "strided", "expanded batch", "batch view"],
+)
+def test_views_give_the_values_and_gradients_of_contiguous_copies(
+    view: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    # Sets of up to 3 dimensions reach the kernel as they are (no reshape), whatever their strides.
+    z = torch.randn(24, 16, dtype=torch.float64, requires_grad=True)
+    copy = z.detach().clone().requires_grad_()
+    rate = coding_rate(view(z), eps=0.3)
+    expected = coding_rate(view(copy).contiguous(), eps=0.3)
+    assert_close(rate, expected, rtol=1e-12, atol=0)
+    rate.sum().backward()
+    expected.sum().backward()
+    assert z.grad is not None and copy.grad is not None
+    assert_close(z.grad, copy.grad, rtol=1e-10, atol=1e-14)

@@ -1,4 +1,5 @@
-"""The numerics kernel: padded factorization orders, failed factors, the two inverse routes, scale types."""
+"""The numerics kernel: padded factorization orders, failed factors, the two inverse routes, scale types, and
+the two ways of choosing the rare branches (read on the host on CPU, selected on the device elsewhere)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_grad_reference, rate_reference
 
 
+@pytest.fixture(params=["host", "device"])
+def branches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the rare branches chosen on the host (the CPU default) and on the device.
+
+    The device route is what CUDA and ``torch.compile`` use; forcing it here tests it on CPU.
+    """
+    if request.param == "device":
+        monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     ("k", "device", "expected"),
     [(64, "cpu", 64), (128, "cpu", 136), (256, "cpu", 264), (200, "cpu", 200), (128, "meta", 128)],
@@ -23,6 +35,7 @@ def test_padded_size_only_pads_multiples_of_128_on_cpu(k: int, device: str, expe
 
 
 @pytest.mark.parametrize(("n", "d"), [(128, 300), (300, 128), (256, 256), (3, 128)])
+@pytest.mark.usefixtures("branches")
 def test_padded_orders_give_the_unpadded_value_and_gradient(n: int, d: int) -> None:
     # k = min(n, d) = 128 or 256 takes the padded route; (3, 128) has k = 3 and checks the other side.
     z = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n + d))
@@ -37,6 +50,7 @@ def test_padded_orders_give_the_unpadded_value_and_gradient(n: int, d: int) -> N
 
 @pytest.mark.parametrize(("n", "d"), [(300, 700), (700, 300)])
 @pytest.mark.parametrize("tensor_scale", [False, True])
+@pytest.mark.usefixtures("branches")
 def test_blocked_gram_gives_the_value_and_gradient(n: int, d: int, tensor_scale: bool) -> None:
     # k = 300 >= 256: the Gram's upper block is never computed, on either side, with either scale type.
     z = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
@@ -52,6 +66,7 @@ def test_blocked_gram_gives_the_value_and_gradient(n: int, d: int, tensor_scale:
 
 
 @pytest.mark.parametrize("method", ["cholesky", "qr"])
+@pytest.mark.usefixtures("branches")
 def test_blocked_gram_series_branch_counts_the_unwritten_block(method: str) -> None:
     # a·tr(G) ~ 1e-6 takes the series tr(A)/2 - ||A||²/4, whose norm must include the mirrored block:
     # leaving it out would shift the value by ~1e-7 relative, far above the 1e-10 asserted here.
@@ -82,34 +97,41 @@ def test_both_inverse_routes_invert_l_lt(k: int, potri: bool) -> None:
 
 
 def _cholesky_with_a_zero_pivot(real: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps ``cholesky_ex`` so that batch entry 0 fails with an exactly zero pivot, as LAPACK leaves it."""
+    """Wraps ``cholesky_ex`` so that the first matrix fails with a zero pivot, as LAPACK would leave it."""
 
     def fake(matrix: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         chol, info = real(matrix, *args, **kwargs)
-        chol = chol.clone()
-        chol[0, 1:, 1] = 0.0  # column 1 of entry 0 stopped at a zero pivot
-        info = info.clone()
-        info[0] = 2
+        chol, info = chol.clone(), info.clone()
+        first = (0,) * (chol.ndim - 2)
+        chol[first][1:, 1] = 0.0  # column 1 stopped at a zero pivot
+        info[first] = 2
         return chol, info
 
     return fake
 
 
+@pytest.mark.usefixtures("branches")
+@pytest.mark.parametrize("batched", [True, False])
 def test_a_zero_pivot_gives_value_zero_and_zero_gradient_without_raising(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
     # torch.cholesky_inverse raises on a zero pivot; the failed factor must never reach it.
     monkeypatch.setattr(torch.linalg, "cholesky_ex", _cholesky_with_a_zero_pivot(torch.linalg.cholesky_ex))
-    z = torch.randn(2, 6, 10, requires_grad=True)
+    z = torch.randn(2, 6, 10) if batched else torch.randn(6, 10)
+    z.requires_grad_()
     out = gram_half_logdet(z, 0.5)
-    assert out.failed.tolist() == [True, False]
-    assert float(out.rate[0].detach()) == 0.0 and bool(out.rate[1] > 0)
-    out.rate.sum().backward()
+    assert out.failed.reshape(-1).tolist() == ([True, False] if batched else [True])
+    rate = out.rate.reshape(-1)
+    assert float(rate[0].detach()) == 0.0
+    rate.sum().backward()
     assert z.grad is not None
-    assert torch.equal(z.grad[0], torch.zeros_like(z.grad[0]))
-    assert bool(z.grad[1].abs().sum() > 0)
+    grad = z.grad.reshape(-1, 6, 10)
+    assert torch.equal(grad[0], torch.zeros_like(grad[0]))
+    if batched:
+        assert bool(rate[1] > 0) and bool(grad[1].abs().sum() > 0)
 
 
+@pytest.mark.usefixtures("branches")
 def test_nonfinite_input_gives_nan_even_when_the_factorization_reports_success(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -128,3 +150,43 @@ def test_nonfinite_input_gives_nan_even_when_the_factorization_reports_success(
     assert bool(torch.isnan(out.rate).all())
     out.rate.sum().backward()
     assert z.grad is not None and bool(torch.isnan(z.grad).all())
+
+
+def _value_and_grad(z: torch.Tensor, scale: float, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = z.clone().requires_grad_()
+    rate = gram_half_logdet(x, scale, method=method).rate  # type: ignore[arg-type]
+    rate.sum().backward()
+    assert x.grad is not None
+    return rate.detach(), x.grad
+
+
+def _cases() -> list[tuple[str, torch.Tensor, float, str]]:
+    g = torch.Generator().manual_seed(7)
+    regular = torch.randn(3, 20, 12, generator=g)
+    mixed = regular.clone()
+    mixed[1] *= 1e-4  # a·tr(G) far below the series threshold
+    nonfinite = regular.clone()
+    nonfinite[2, 3, 4] = float("nan")
+    return [
+        ("one matrix", torch.randn(64, 256, generator=g), 8.0, "cholesky"),
+        ("batch", regular, 0.5, "cholesky"),
+        ("padded", torch.randn(128, 300, generator=g), 2.0, "cholesky"),
+        ("series and regular mixed", mixed, 0.5, "cholesky"),
+        ("all zero", torch.zeros(2, 5, 9), 1.0, "cholesky"),
+        ("non-finite entry", nonfinite, 0.5, "cholesky"),
+        ("float64 QR", regular.double(), 0.5, "qr"),
+        ("float64 QR, non-finite", nonfinite.double(), 0.5, "qr"),
+    ]
+
+
+@pytest.mark.parametrize(("z", "scale", "method"), [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])
+def test_host_and_device_branch_choice_agree_exactly(
+    monkeypatch: pytest.MonkeyPatch, z: torch.Tensor, scale: float, method: str
+) -> None:
+    # On CPU the rare branches are skipped when a host read shows they do not apply; the device route always
+    # computes and selects them. Where they do not apply they add exact zeros, so the two agree bit for bit.
+    host = _value_and_grad(z, scale, method)
+    monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
+    device = _value_and_grad(z, scale, method)
+    for a, b in zip(host, device, strict=True):
+        assert_close(a, b, rtol=0, atol=0, equal_nan=True)

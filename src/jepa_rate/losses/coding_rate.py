@@ -79,7 +79,9 @@ def _rate(
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
         if center:
             x = x - (global_row_mean(x, group) if gather_distributed else x.mean(dim=-2, keepdim=True))
-        x = x.reshape(-1, n, d)
+        if x.ndim > 3:
+            # One matrix or one batch dimension go through as they are: a reshape would add autograd nodes.
+            x = x.reshape(-1, n, d)
         scale = numerator / total_n
         core = gram_half_logdet(
             x,
@@ -171,7 +173,7 @@ def coding_rate(
         >>> float(coding_rate(torch.zeros(8, 4)))
         0.0
     """
-    return _rate(
+    rate = _rate(
         z,
         eps=eps,
         alpha=alpha,
@@ -182,7 +184,8 @@ def coding_rate(
         group=group,
         nonfinite=nonfinite,
         fallback=fallback,
-    ).core.rate.reshape(z.shape[:-2])
+    ).core.rate
+    return rate if z.ndim <= 3 else rate.reshape(z.shape[:-2])
 
 
 class CodingRateLoss(nn.Module):

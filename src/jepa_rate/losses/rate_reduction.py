@@ -149,7 +149,7 @@ def rate_reduction(
 
     with float32_island(z.device):
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
-        expand = gram_half_logdet(x[None], d / (n * eps), fallback=fallback).rate[0]
+        expand = gram_half_logdet(x, d / (n * eps), fallback=fallback).rate
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
         for classes in _size_buckets(sizes):

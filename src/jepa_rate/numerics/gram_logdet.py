@@ -18,13 +18,17 @@ Why each choice:
 * In float64 the factor comes from a QR decomposition instead of Cholesky (see ``_qr_factor``): its error is
   the square root of the Gram route's, which is what keeps 1e-6 relative accuracy at any scale and rank.
 * Factorization failure is detected on the device with :func:`torch.linalg.cholesky_ex` (no host sync); the
-  factor of a failed batch entry is replaced by a unit lower-triangular one with :func:`torch.where`, which
+  factor of a failed batch entry is overwritten by a unit lower-triangular one (a masked fill), which
   gives the value zero, a zero gradient and a backward that cannot raise; the caller receives the status to
   count or escalate them.
 * From order 256 on, the Gram is formed from three GEMMs of its lower blocks (3/4 of the flops): the
   factorization reads only the lower triangle.
-* Nothing in forward or backward reads a value on the host: on CUDA the backward inverts with a triangular
-  solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device sync.
+* Off CPU nothing in forward or backward reads a value on the host: the rare branches (series, failed
+  factor, non-finite input) are all computed and selected with :func:`torch.where`, and the backward inverts
+  with a triangular solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device
+  sync. On CPU, where reading a value is no device sync, one read of the traces and one of the status skip
+  the branches that do not apply: a dozen small ops, most of a step's time at small sizes. Both routes give
+  bit-identical results; ``torch.compile`` traces the device route.
 * On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK's
   Cholesky is much slower at those orders (1.7x to 3.7x in ``benchmarks/logdet.py``, padding included),
   presumably because the columns fall into the same cache sets, and the padding changes nothing else.
@@ -36,6 +40,7 @@ Why each choice:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -106,6 +111,18 @@ def _padded_size(k: int, device: torch.device) -> int:
 _BLOCKED_GRAM_MIN_ORDER = 256
 
 
+def _per_matrix(t: Tensor) -> Tensor:
+    """A per-set tensor of shape ``batch`` viewed to broadcast against ``(*batch, k, k)``."""
+    return t if t.ndim == 0 else t[..., None, None]
+
+
+def _product_into(out: Tensor, left: Tensor, right: Tensor, alpha: float) -> Tensor:
+    """``out = alpha·left @ right`` in place, for one matrix or a batch of them."""
+    if out.ndim == 2:
+        return out.addmm_(left, right, beta=0.0, alpha=alpha)
+    return out.baddbmm_(left, right, beta=0.0, alpha=alpha)
+
+
 def _scaled_gram(
     x: Tensor,
     scale: Tensor | float,
@@ -123,7 +140,7 @@ def _scaled_gram(
     on the upper off-diagonal block is left at zero and never computed; ``||A||_F`` then needs the returned
     block counted twice. The second result is ``None`` when all of ``A`` was written.
     """
-    batch, k = x.shape[0], x.shape[-2] if n_side else x.shape[-1]
+    batch, k = x.shape[:-2], x.shape[-2] if n_side else x.shape[-1]
     padded = _padded_size(k, x.device) if pad else k
     if gram_in_float64 or mode == "reduce":
         left, right = (x, x.mT) if n_side else (x.mT, x)
@@ -132,21 +149,24 @@ def _scaled_gram(
             dist.all_reduce(gram, group=group)
         if padded != k:
             gram = torch.nn.functional.pad(gram, (0, padded - k, 0, padded - k))
-        gram.mul_(scale[:, None, None] if isinstance(scale, Tensor) else scale)
+        gram.mul_(_per_matrix(scale) if isinstance(scale, Tensor) else scale)
         return gram, None
     blocked = k >= _BLOCKED_GRAM_MIN_ORDER
-    matrix = x.new_zeros(batch, padded, padded) if padded != k or blocked else x.new_empty(batch, k, k)
+    matrix = x.new_zeros(*batch, padded, padded) if padded != k or blocked else x.new_empty(*batch, k, k)
     # beta=0 ignores the (uninitialized) contents; a float scale rides on the GEMM.
     alpha = 1.0 if isinstance(scale, Tensor) else scale
-    half = k // 2 if blocked else k
-    parts = (x[:, :half], x[:, half:]) if n_side else (x[:, :, :half].mT, x[:, :, half:].mT)
-    matrix[:, :half, :half].baddbmm_(parts[0], parts[0].mT, beta=0.0, alpha=alpha)
+    side = x if n_side else x.mT
     mirrored = None
     if blocked:
-        mirrored = matrix[:, half:k, :half].baddbmm_(parts[1], parts[0].mT, beta=0.0, alpha=alpha)
-        matrix[:, half:k, half:k].baddbmm_(parts[1], parts[1].mT, beta=0.0, alpha=alpha)
+        half = k // 2
+        top, bottom = side[..., :half, :], side[..., half:, :]
+        _product_into(matrix[..., :half, :half], top, top.mT, alpha)
+        mirrored = _product_into(matrix[..., half:k, :half], bottom, top.mT, alpha)
+        _product_into(matrix[..., half:k, half:k], bottom, bottom.mT, alpha)
+    else:
+        _product_into(matrix if padded == k else matrix[..., :k, :k], side, side.mT, alpha)
     if isinstance(scale, Tensor):
-        matrix.mul_(scale[:, None, None])
+        matrix.mul_(_per_matrix(scale))
     return matrix, mirrored
 
 
@@ -159,8 +179,8 @@ def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
     """
     side = x.mT if n_side else x
     k = side.shape[-1]
-    root = scale.sqrt()[:, None, None] if isinstance(scale, Tensor) else scale**0.5
-    eye = torch.eye(k, dtype=x.dtype, device=x.device).expand(x.shape[0], k, k)
+    root = _per_matrix(scale.sqrt()) if isinstance(scale, Tensor) else scale**0.5
+    eye = torch.eye(k, dtype=x.dtype, device=x.device).expand(*x.shape[:-2], k, k)
     # R's diagonal may be negative; L Lᵀ = RᵀR holds regardless, and the log-determinant uses |diag|.
     r: Tensor = torch.linalg.qr(torch.cat([side * root, eye], dim=-2), mode="r").R
     return r.mT
@@ -180,6 +200,34 @@ def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
     inv_chol = torch.linalg.solve_triangular(chol, eye, upper=False)
     inverse: Tensor = inv_chol.mT @ inv_chol
     return inverse
+
+
+def _decided_on_host(x: Tensor) -> bool:
+    """Whether the rare branches (series, failed factor, non-finite input) are chosen by reading values.
+
+    On CPU such a read is no device sync, and skipping the branches that do not apply saves a dozen small
+    tensor ops, which at small sizes is most of the time of a step. On other devices, and while
+    ``torch.compile`` traces (a data-dependent Python branch would break the graph), every branch is computed
+    and selected on the device with :func:`torch.where`.
+    """
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _all_regular_on_host(scaled_trace: Tensor, threshold: float) -> bool:
+    """Whether every ``a·tr(G)`` is finite and at least ``threshold``: no series and no NaN to propagate."""
+    if scaled_trace.numel() == 0:
+        return True
+    if scaled_trace.ndim == 0:
+        low = high = scaled_trace.item()
+    else:
+        low, high = (bound.item() for bound in torch.aminmax(scaled_trace))
+    # NaN fails both comparisons.
+    return bool(low >= threshold and high < math.inf)
+
+
+def _any_on_host(info: Tensor) -> bool:
+    """Whether any factorization failed, read on the host (CPU only, see :func:`_decided_on_host`)."""
+    return bool(info.item()) if info.ndim == 0 else bool(info.any())
 
 
 class _GramHalfLogdet(torch.autograd.Function):
@@ -202,8 +250,11 @@ class _GramHalfLogdet(torch.autograd.Function):
             rank = dist.get_rank(group)
             gathered = x.new_empty((world * x.shape[0], *x.shape[1:]))
             dist.all_gather_into_tensor(gathered, x.contiguous(), group=group)
-            # (world·B, n, d) -> (B, world·n, d): rank r's rows sit at [r·n, (r+1)·n).
-            x = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
+            # (world·B, n, d) -> (B, world·n, d): rank r's rows sit at [r·n, (r+1)·n). One matrix is already
+            # (world·n, d).
+            if x.ndim == 3:
+                gathered = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
+            x = gathered
         n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
         matrix, mirrored = _scaled_gram(
             x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal
@@ -211,33 +262,42 @@ class _GramHalfLogdet(torch.autograd.Function):
         # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
         diagonal = matrix.diagonal(dim1=-2, dim2=-1)
         scaled_trace = diagonal.sum(-1)
-        norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
-        if mirrored is not None:
-            norm = torch.hypot(norm, torch.linalg.vector_norm(mirrored, dim=(-2, -1)))
+        threshold = _SERIES_THRESHOLD[x.dtype]
+        regular = _decided_on_host(x) and _all_regular_on_host(scaled_trace, threshold)
+        if not regular:
+            norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
+            if mirrored is not None:
+                norm = torch.hypot(norm, torch.linalg.vector_norm(mirrored, dim=(-2, -1)))
+        failed: Tensor | None = None
         if orthogonal:
             chol = _qr_factor(x, scale, n_side)
-            info = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
-            ok = info == 0
+            info = torch.zeros(x.shape[:-2], dtype=torch.int32, device=x.device)
             factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
         else:
             diagonal.add_(1.0)
             chol, info = torch.linalg.cholesky_ex(matrix)
-            ok = info == 0
-            # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises). Replace
-            # it by all ones: read as lower-triangular (the only triangle used) that is a unit-diagonal factor
-            # with log-determinant 0, the fallback value, and a small finite inverse. A scalar fill also keeps
-            # the factor's column-major layout, which cholesky_inverse would otherwise copy into.
-            chol = torch.where(ok[:, None, None], chol, 1.0)
+            if not regular or _any_on_host(info):
+                failed = info != 0
+                # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises).
+                # Overwrite it with ones: read as lower-triangular (the only triangle used) that is a
+                # unit-diagonal factor with log-determinant 0, the fallback value, and a small finite inverse.
+                # In place, so the factor keeps the column-major layout cholesky_inverse reads without a copy.
+                chol.masked_fill_(_per_matrix(failed), 1.0)
             factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
-        value = torch.where(scaled_trace < _SERIES_THRESHOLD[x.dtype], series, factored)
-        # 0 for finite input and NaN otherwise: non-finite input comes out as NaN whatever the factorization
-        # did (LAPACK flags NaN as a failure, cuSOLVER need not).
-        probe = scaled_trace - scaled_trace
-        value = value.add_(probe)
+        probe: Tensor | None = None
+        value = factored
+        if not regular:
+            series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
+            value = torch.where(scaled_trace < threshold, series, factored)
+            # 0 for finite input and NaN otherwise: non-finite input comes out as NaN whatever the
+            # factorization did (LAPACK flags NaN as a failure, cuSOLVER need not).
+            probe = scaled_trace - scaled_trace
+            value = value.add_(probe)
 
-        # A tensor scale is saved (version-checked); a float one travels on ctx.
-        ctx.save_for_backward(x, chol, ok, probe, *([scale] if isinstance(scale, Tensor) else []))
+        # A tensor scale is saved (version-checked); a float one travels on ctx. ``failed`` and ``probe`` are
+        # None when the host read showed their branch does not apply (save_for_backward accepts None).
+        saved = (x, chol, failed, probe, *([scale] if isinstance(scale, Tensor) else []))
+        ctx.save_for_backward(*saved)  # type: ignore[arg-type]
         ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
         k = x.shape[-2] if n_side else x.shape[-1]
         ctx.layout = (n_side, mode, group, k, rank * local_n, local_n)  # type: ignore[attr-defined]
@@ -258,19 +318,29 @@ class _GramHalfLogdet(torch.autograd.Function):
             )
         if grad_value is None:
             return None, None, None, None, None, None
-        x, chol, ok, probe, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
+        x, chol, failed, probe, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
         n_side, mode, group, k, first_row, local_n = ctx.layout  # type: ignore[attr-defined]
-        coef = grad_value * (scale_tensor[0] if scale_tensor else ctx.scale)  # type: ignore[attr-defined]
+        # The upstream gradient times the scale; a float scale rides on the final GEMM instead.
+        coef = grad_value * scale_tensor[0] if scale_tensor else grad_value
         if mode != "local":
             # Every rank holds a copy of the global rate; summing the upstream gradients of all copies makes
             # DDP's mean all-reduce of parameter gradients equal the single-process full-batch gradient.
+            coef = coef.clone() if coef is grad_value else coef
             dist.all_reduce(coef, group=group)
         # Failed factors (now unit triangular) get exactly zero gradient; non-finite input gets NaN.
-        coef = torch.where(ok, coef, probe)
-        inverse = _spd_inverse(chol)[:, :k, :k] * coef[:, None, None]
-        grad = inverse @ x if n_side else x @ inverse
+        if failed is not None:
+            coef = torch.where(failed, 0.0 if probe is None else probe, coef)
+        elif probe is not None:
+            coef = coef + probe
+        # M⁻¹ is symmetric and comes back column-major: its transpose is the same matrix, row-major, which
+        # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor.
+        factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
+        inverse = _spd_inverse(factor).mT.mul_(_per_matrix(coef))
+        left, right = (inverse, x) if n_side else (x, inverse)
+        alpha = 1.0 if scale_tensor else ctx.scale  # type: ignore[attr-defined]
+        grad = _product_into(x.new_empty(x.shape), left, right, alpha)
         if mode == "gather":
-            grad = grad[:, first_row : first_row + local_n]
+            grad = grad[..., first_row : first_row + local_n, :]
         return grad, None, None, None, None, None
 
 
@@ -289,30 +359,32 @@ def gram_half_logdet(
     it does no argument checking, no autocast handling and no preprocessing.
 
     Args:
-        x: Features in the compute dtype (float32 or float64), contiguous batch of sets.
+        x: Features in the compute dtype (float32 or float64): one set, or a contiguous batch of sets. One
+            set is computed as it is, without adding a batch dimension (which would cost autograd nodes).
         scale: The scale ``a``: one Python float for all batch entries, or a tensor with one per entry (same
             dtype and device as ``x``).
         mode: ``"local"`` (this process only), ``"reduce"`` (sum the ``d x d`` Gram over the process group) or
             ``"gather"`` (concatenate the rows of all ranks and factor the ``n x n`` side).
         group: The process group for ``"reduce"`` and ``"gather"`` (``None``: the default group).
         fallback: What a batch entry whose Cholesky factorization fails (finite input) gets. ``"zero"``:
-            value 0
-            and zero gradient, selected on the device with no host sync. ``"float64"``: those entries are
-            recomputed with the Gram formed and factored in float64 (one host sync to find out whether any
-            failed). ``"raise"``: ``torch.linalg.LinAlgError`` naming the entries (one host sync).
+            value 0 and zero gradient, selected on the device with no host sync. ``"float64"``: those
+            entries are recomputed with the Gram formed and factored in float64 (one host sync to find out
+            whether any failed). ``"raise"``: ``torch.linalg.LinAlgError`` naming the entries (one host
+            sync).
         method: ``"cholesky"`` (Cholesky of ``I + a·G``), ``"qr"`` (QR of ``[√a·X; I]``, not with
             ``mode="reduce"``) or ``"auto"``: QR for float64 unless ``mode="reduce"``, Cholesky otherwise.
 
     Returns:
-        A :class:`GramLogdet` with ``rate``, ``info`` and ``scaled_trace``, each of shape ``(B,)``, and the
-        ``failed`` mask as a property.
+        A :class:`GramLogdet` with ``rate``, ``info`` and ``scaled_trace``, each of shape ``(B,)`` (``()``
+        for one set), and the ``failed`` mask as a property.
 
     Raises:
         torch.linalg.LinAlgError: With ``fallback="raise"``, when a factorization fails.
 
     Shape:
-        - x: ``(B, n, d)``
-        - scale: ``(B,)`` or a float
+        - x: ``(B, n, d)`` or ``(n, d)``
+        - scale: ``(B,)`` (``()`` for one set) or a float
+        - output: ``(B,)`` or ``()``
 
     Examples:
         >>> x = torch.randn(2, 8, 32, dtype=torch.float64)
@@ -332,10 +404,11 @@ def gram_half_logdet(
     # Deliberate host sync: the user asked for an escalation that depends on the outcome.
     if bool(failed.any()):
         if fallback == "raise":
-            bad = failed.nonzero().flatten().tolist()
-            shown_scale = scale[bad].tolist() if isinstance(scale, Tensor) else scale
+            bad = failed.reshape(-1).nonzero().flatten().tolist()
+            shown_scale = scale.reshape(-1)[bad].tolist() if isinstance(scale, Tensor) else scale
+            where = "the matrix" if failed.ndim == 0 else f"batch entries {bad}"
             raise torch.linalg.LinAlgError(  # type: ignore[attr-defined]
-                f"Cholesky factorization of I + a*Gram failed for batch entries {bad} "
+                f"Cholesky factorization of I + a*Gram failed for {where} "
                 f"(scale a={shown_scale}): the float32 Gram is too inaccurate at this scale; pass "
                 "compute_dtype=torch.float64, a larger eps / smaller alpha, or normalize=True"
             )
