@@ -273,7 +273,8 @@ class CodingRateLoss(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         """Returns ``-weight · mean(R)`` over the sets in ``z``."""
-        return -self.weight * self._result(z).core.rate.mean()
+        rate = self._result(z).core.rate
+        return -self.weight * (rate if rate.ndim == 0 else rate.mean())
 
     def forward_components(self, z: Tensor) -> CodingRateComponents:
         """Returns the loss and its terms (see :class:`CodingRateComponents`), from one evaluation."""
