@@ -14,6 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jepa_rate.numerics import _gram, gram_logdet
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -269,8 +271,24 @@ def test_logdet_quick_writes_consistent_reports(tmp_path: Path) -> None:
         ld_bench.main(["--quick", "--batch", "0", "--out-dir", str(tmp_path)])
 
 
-def test_cuda_sync_check_cases_run_on_cpu() -> None:
-    # The synchronization check itself needs CUDA; its workloads must at least run and produce gradients.
+def _tensors(out: object) -> list[torch.Tensor]:
+    return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
+
+
+def test_cuda_sync_check_cases_run_on_cpu_along_the_cuda_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The synchronization check itself needs CUDA. Its workloads run here twice: as on CPU, and along the
+    # route CUDA takes (no padding, every rare branch selected on the device, the inverse from a triangular
+    # solve), which must give the same results up to float32 rounding of the two inverse routes.
+    on_cpu = {name: _tensors(case()) for name, case in sync_check.cases(torch.device("cpu")).items()}
+    inverse = gram_logdet._spd_inverse
+    monkeypatch.setattr(_gram, "padded_size", lambda k, device: k)
+    monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
+    monkeypatch.setattr(gram_logdet, "_spd_inverse", lambda chol, potri=None: inverse(chol, potri=False))
     for name, case in sync_check.cases(torch.device("cpu")).items():
-        out = case()
-        assert out is not None, name
+        expected, got = on_cpu[name], _tensors(case())
+        assert expected and len(got) == len(expected), name
+        # The bf16 case's gradient leaves through a bf16 matmul, which rounds it to 2^-8 relative: a float32
+        # difference between the two inverse routes can move a value by one bf16 step there.
+        rtol = 1e-2 if "bf16" in name else 1e-4
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

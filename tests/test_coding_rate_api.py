@@ -222,17 +222,17 @@ def test_double_backward_is_refused_explicitly() -> None:
 def test_reduced_float32_matmul_precision_builds_the_gram_in_float64() -> None:
     # With TF32/bf16 matmuls allowed, a float32 Gram would be as inexact as a bf16 one, so the kernel forms
     # it in float64 and rounds once; the value then matches a float64-accumulated Gram exactly.
-    from jepa_rate.numerics.gram_logdet import _matmul_precision_reduced
+    from jepa_rate.numerics.precision import matmul_precision_reduced
 
     z = torch.randn(64, 32)
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")
-        assert _matmul_precision_reduced(z.device)
+        assert matmul_precision_reduced(z.device)
         reduced = coding_rate(z)
     finally:
         torch.set_float32_matmul_precision(before)
-    assert not _matmul_precision_reduced(z.device)
+    assert not matmul_precision_reduced(z.device)
     gram = (z.double().T @ z.double()).float()
     m = torch.eye(32) + 32 / (64 * 0.5) * gram
     expected = torch.linalg.cholesky(m).diagonal().log().sum()

@@ -23,7 +23,11 @@ SKIP_DIRS = {"_build", "generated"}
 # Info strings that would be highlighted as Python but not run: refuse them, so no sample escapes the test.
 PYTHON_ALIASES = {"py", "python3", "pycon", "ipython", "{code-block}", "{code}", "{code-cell}"}
 SUBPACKAGES = ("losses", "modules", "models", "metrics", "schedules")
-NUMERICS = ("jepa_rate.numerics.gram_logdet", "jepa_rate.numerics.distributed")
+NUMERICS = (
+    "jepa_rate.numerics.gram_logdet",
+    "jepa_rate.numerics.distributed",
+    "jepa_rate.numerics.precision",
+)
 # The pages the site must have (relative to docs/, without the suffix).
 REQUIRED_PAGES = (
     "index",

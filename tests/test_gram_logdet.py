@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from jepa_rate.numerics import gram_logdet
+from jepa_rate.numerics import _gram, gram_logdet
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_grad_reference, rate_reference
 
@@ -31,7 +31,7 @@ def branches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     [(64, "cpu", 64), (128, "cpu", 136), (256, "cpu", 264), (200, "cpu", 200), (128, "meta", 128)],
 )
 def test_padded_size_only_pads_multiples_of_128_on_cpu(k: int, device: str, expected: int) -> None:
-    assert gram_logdet._padded_size(k, torch.device(device)) == expected
+    assert _gram.padded_size(k, torch.device(device)) == expected
 
 
 @pytest.mark.parametrize(("n", "d"), [(128, 300), (300, 128), (256, 256), (3, 128)])
@@ -160,28 +160,36 @@ def _value_and_grad(z: torch.Tensor, scale: float, method: str) -> tuple[torch.T
     return rate.detach(), x.grad
 
 
-def _cases() -> list[tuple[str, torch.Tensor, float, str]]:
+def _cases() -> list[tuple[str, torch.Tensor, float, str, float]]:
     g = torch.Generator().manual_seed(7)
     regular = torch.randn(3, 20, 12, generator=g)
     mixed = regular.clone()
     mixed[1] *= 1e-4  # a·tr(G) far below the series threshold
     nonfinite = regular.clone()
     nonfinite[2, 3, 4] = float("nan")
+    tall = torch.nn.functional.normalize(torch.randn(300, 40, generator=g), dim=-1)
+    # The last entry is the relative tolerance: 0 where both routes run the same float operations.
     return [
-        ("one matrix", torch.randn(64, 256, generator=g), 8.0, "cholesky"),
-        ("batch", regular, 0.5, "cholesky"),
-        ("padded", torch.randn(128, 300, generator=g), 2.0, "cholesky"),
-        ("series and regular mixed", mixed, 0.5, "cholesky"),
-        ("all zero", torch.zeros(2, 5, 9), 1.0, "cholesky"),
-        ("non-finite entry", nonfinite, 0.5, "cholesky"),
-        ("float64 QR", regular.double(), 0.5, "qr"),
-        ("float64 QR, non-finite", nonfinite.double(), 0.5, "qr"),
+        ("one matrix", torch.randn(64, 256, generator=g), 8.0, "cholesky", 0.0),
+        ("batch", regular, 0.5, "cholesky", 0.0),
+        ("padded", torch.randn(128, 300, generator=g), 2.0, "cholesky", 0.0),
+        ("series and regular mixed", mixed, 0.5, "cholesky", 0.0),
+        ("all zero", torch.zeros(2, 5, 9), 1.0, "cholesky", 0.0),
+        ("non-finite entry", nonfinite, 0.5, "cholesky", 0.0),
+        ("float64 QR", regular.double(), 0.5, "qr", 0.0),
+        ("float64 QR, non-finite", nonfinite.double(), 0.5, "qr", 0.0),
+        # q ~ 4e-6: the host read skips summing the rows around their mean, the device route does it. The two
+        # Grams differ by float32 rounding only.
+        ("d side, mean split on the device only", tall, 40 / 150, "cholesky", 1e-5),
+        ("d side, mean split on both", 10.0 * tall, 40 / 150, "cholesky", 0.0),  # q ~ 5e-4
     ]
 
 
-@pytest.mark.parametrize(("z", "scale", "method"), [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])
-def test_host_and_device_branch_choice_agree_exactly(
-    monkeypatch: pytest.MonkeyPatch, z: torch.Tensor, scale: float, method: str
+@pytest.mark.parametrize(
+    ("z", "scale", "method", "rtol"), [c[1:] for c in _cases()], ids=[c[0] for c in _cases()]
+)
+def test_host_and_device_branch_choice_agree(
+    monkeypatch: pytest.MonkeyPatch, z: torch.Tensor, scale: float, method: str, rtol: float
 ) -> None:
     # On CPU the rare branches are skipped when a host read shows they do not apply; the device route always
     # computes and selects them. Where they do not apply they add exact zeros, so the two agree bit for bit.
@@ -189,4 +197,58 @@ def test_host_and_device_branch_choice_agree_exactly(
     monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
     device = _value_and_grad(z, scale, method)
     for a, b in zip(host, device, strict=True):
-        assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        assert_close(a, b, rtol=rtol, atol=rtol * 1e-2, equal_nan=True)
+
+
+def _collapsed(n: int, d: int, q: float, seed: int) -> torch.Tensor:
+    """``n`` copies of one random row, scaled so that ``q = 2⁻²⁴·a·tr(ZᵀZ)`` at ``a = d / (n·0.5)``."""
+    row = torch.randn(1, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    energy = 2.0**-24 * (d / 0.5) * float(row.square().sum())  # q at scale 1
+    return (row * (q / energy) ** 0.5).expand(n, d).float()
+
+
+@pytest.mark.usefixtures("branches")
+@pytest.mark.parametrize("n", [64, 256, 1024, 4096])
+@pytest.mark.parametrize("d", [32, 128])
+def test_collapsed_features_meet_the_float32_contract(n: int, d: int) -> None:
+    # Collapsed rows are the float32 Gram's worst case: every term of a sum rounds the same way. Summed
+    # plainly, some of these break 1e-3 near q = 1e-3 (this test fails without the mean split).
+    for q in (1e-5, 1e-4, 3e-4, 1e-3):
+        for seed in range(3):
+            z = _collapsed(n, d, q, seed)
+            a = d / (n * 0.5)
+            out = gram_half_logdet(z, a).rate
+            assert_close(out.double(), rate_reference(z.double(), a), rtol=1e-3, atol=0)
+
+
+def test_mean_split_gram_in_the_reduce_branch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mode="reduce" sums the d x d Gram over the ranks; with one rank the sum is the identity. Summed around
+    # the row mean, the local Gram is still XᵀX.
+    monkeypatch.setattr(_gram.dist, "all_reduce", lambda tensor, group=None: None)
+    x = torch.randn(2, 300, 20, dtype=torch.float64) + 5.0
+    for split in (False, True):
+        matrix, mirrored = _gram.scaled_gram(
+            x, 0.3, False, "reduce", None, gram_in_float64=False, pad=False, split=split
+        )
+        assert mirrored is None
+        assert_close(matrix, 0.3 * x.mT @ x, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.usefixtures("branches")
+@pytest.mark.parametrize("potri", [True, False])
+def test_backward_inside_an_autocast_region_stays_in_float32(
+    monkeypatch: pytest.MonkeyPatch, potri: bool
+) -> None:
+    # A backward pass runs under the autocast state around backward(), not the forward's. The triangular-solve
+    # inverse (the CUDA route) contains a matmul that autocast would run in bf16.
+    inverse = gram_logdet._spd_inverse
+    monkeypatch.setattr(gram_logdet, "_spd_inverse", lambda chol, potri_=None: inverse(chol, potri=potri))
+    z = torch.randn(3, 24, 40)
+    outside = z.clone().requires_grad_()
+    gram_half_logdet(outside, 0.7).rate.sum().backward()
+    inside = z.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gram_half_logdet(inside, 0.7).rate.sum().backward()
+    assert inside.grad is not None and outside.grad is not None
+    assert inside.grad.dtype == torch.float32
+    assert_close(inside.grad, outside.grad, rtol=1e-6, atol=1e-7)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,7 +12,6 @@ __all__ = [
     "DEFAULT_EPS",
     "NONFINITE_POLICIES",
     "check_all_finite",
-    "float32_island",
     "rate_scale_numerator",
     "to_compute_dtype",
 ]
@@ -35,13 +32,6 @@ def rate_scale_numerator(eps: float | None, alpha: float | None, d: int) -> floa
             raise ValueError(f"give either eps or alpha, not both (got eps={eps!r}, alpha={alpha!r})")
         return check_positive(alpha, "alpha")
     return d / check_positive(DEFAULT_EPS if eps is None else eps, "eps")
-
-
-def float32_island(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """A context with autocast disabled on ``device``; a no-op context when autocast is not active there."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def to_compute_dtype(z: Tensor, compute_dtype: torch.dtype | None, *, normalize: bool = False) -> Tensor:

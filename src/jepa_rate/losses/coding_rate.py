@@ -11,12 +11,12 @@ from jepa_rate._validation import check_choice, check_compute_dtype, check_featu
 from jepa_rate.losses._rate_input import (
     NONFINITE_POLICIES,
     check_all_finite,
-    float32_island,
     rate_scale_numerator,
     to_compute_dtype,
 )
 from jepa_rate.numerics.distributed import global_row_mean, require_process_group, world_size
 from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, gram_half_logdet
+from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["CodingRateComponents", "CodingRateLoss", "coding_rate"]
 

@@ -12,10 +12,10 @@ from jepa_rate.losses._rate_input import (
     DEFAULT_EPS,
     NONFINITE_POLICIES,
     check_all_finite,
-    float32_island,
     to_compute_dtype,
 )
 from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, gram_half_logdet
+from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["RateReduction", "RateReductionComponents", "RateReductionLoss", "rate_reduction"]
 

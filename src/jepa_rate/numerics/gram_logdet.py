@@ -23,6 +23,9 @@ Why each choice:
   count or escalate them.
 * From order 256 on, the Gram is formed from three GEMMs of its lower blocks (3/4 of the flops): the
   factorization reads only the lower triangle.
+* On the ``d`` side, from 128 rows on, the Gram is summed around the row mean (``XᵀX = X_cᵀX_c + n·μμᵀ``):
+  collapsed rows make a plain float32 sum round every term the same way, an error that lands on the unit
+  eigenvalues of ``I + a·G``.
 * Off CPU nothing in forward or backward reads a value on the host: the rare branches (series, failed
   factor, non-finite input) are all computed and selected with :func:`torch.where`, and the backward inverts
   with a triangular solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device
@@ -48,9 +51,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
+from jepa_rate.numerics.precision import float32_island, matmul_precision_reduced
+
 __all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet"]
 
-ReduceMode = Literal["local", "reduce", "gather"]
 Method = Literal["auto", "cholesky", "qr"]
 Fallback = Literal["zero", "float64", "raise"]
 FALLBACKS: tuple[str, ...] = ("zero", "float64", "raise")
@@ -80,96 +85,6 @@ class GramLogdet(NamedTuple):
         return (self.info != 0) & self.scaled_trace.isfinite()
 
 
-@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
-def _matmul_precision_reduced(device: torch.device) -> bool:
-    """Whether float32 matmuls on ``device`` may run in reduced precision (TF32 / bf16 passes).
-
-    Then the Gram is accumulated in float64 (and stored in float32), since a TF32 Gram is as harmful as a
-    bf16 one. Compiled graphs read this setting once, when they are traced.
-    """
-    if torch.get_float32_matmul_precision() != "highest":
-        return True
-    if getattr(torch.backends, "fp32_precision", "none") not in ("none", "ieee"):
-        return True
-    if device.type != "cuda":
-        return False
-    matmul = torch.backends.cuda.matmul
-    return bool(matmul.allow_tf32) or getattr(matmul, "fp32_precision", "none") == "tf32"
-
-
-def _padded_size(k: int, device: torch.device) -> int:
-    """The order at which the ``k x k`` matrix ``M`` is factored, as ``blockdiag(M, I)`` when that is faster.
-
-    CPU LAPACK factors a matrix whose order is a multiple of 128 much more slowly than a slightly larger one
-    (see ``benchmarks/logdet.py``). ``blockdiag(M, I)`` has ``M``'s factor and inverse in its leading block
-    and the same determinant, so the padding changes the speed and nothing else.
-    """
-    return k + 8 if device.type == "cpu" and k >= 128 and k % 128 == 0 else k
-
-
-# Order from which the Gram is formed as three GEMMs of its lower blocks (3/4 of the flops) instead of one.
-_BLOCKED_GRAM_MIN_ORDER = 256
-
-
-def _per_matrix(t: Tensor) -> Tensor:
-    """A per-set tensor of shape ``batch`` viewed to broadcast against ``(*batch, k, k)``."""
-    return t if t.ndim == 0 else t[..., None, None]
-
-
-def _product_into(out: Tensor, left: Tensor, right: Tensor, alpha: float) -> Tensor:
-    """``out = alpha·left @ right`` in place, for one matrix or a batch of them."""
-    if out.ndim == 2:
-        return out.addmm_(left, right, beta=0.0, alpha=alpha)
-    return out.baddbmm_(left, right, beta=0.0, alpha=alpha)
-
-
-def _scaled_gram(
-    x: Tensor,
-    scale: Tensor | float,
-    n_side: bool,
-    mode: ReduceMode,
-    group: Any,
-    *,
-    gram_in_float64: bool,
-    pad: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """``A = a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, and the block of it whose mirror is unwritten.
-
-    The matrix is zero-padded per :func:`_padded_size`, and the Gram is written into it directly rather than
-    copied. Only the lower triangle is read by the factorization, so from order ``_BLOCKED_GRAM_MIN_ORDER``
-    on the upper off-diagonal block is left at zero and never computed; ``||A||_F`` then needs the returned
-    block counted twice. The second result is ``None`` when all of ``A`` was written.
-    """
-    batch, k = x.shape[:-2], x.shape[-2] if n_side else x.shape[-1]
-    padded = _padded_size(k, x.device) if pad else k
-    if gram_in_float64 or mode == "reduce":
-        left, right = (x, x.mT) if n_side else (x.mT, x)
-        gram = (left.double() @ right.double()).to(x.dtype) if gram_in_float64 else left @ right
-        if mode == "reduce":
-            dist.all_reduce(gram, group=group)
-        if padded != k:
-            gram = torch.nn.functional.pad(gram, (0, padded - k, 0, padded - k))
-        gram.mul_(_per_matrix(scale) if isinstance(scale, Tensor) else scale)
-        return gram, None
-    blocked = k >= _BLOCKED_GRAM_MIN_ORDER
-    matrix = x.new_zeros(*batch, padded, padded) if padded != k or blocked else x.new_empty(*batch, k, k)
-    # beta=0 ignores the (uninitialized) contents; a float scale rides on the GEMM.
-    alpha = 1.0 if isinstance(scale, Tensor) else scale
-    side = x if n_side else x.mT
-    mirrored = None
-    if blocked:
-        half = k // 2
-        top, bottom = side[..., :half, :], side[..., half:, :]
-        _product_into(matrix[..., :half, :half], top, top.mT, alpha)
-        mirrored = _product_into(matrix[..., half:k, :half], bottom, top.mT, alpha)
-        _product_into(matrix[..., half:k, half:k], bottom, bottom.mT, alpha)
-    else:
-        _product_into(matrix if padded == k else matrix[..., :k, :k], side, side.mT, alpha)
-    if isinstance(scale, Tensor):
-        matrix.mul_(_per_matrix(scale))
-    return matrix, mirrored
-
-
 def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
     """Lower-triangular ``L`` with ``L Lᵀ = I + a·G`` from a Householder QR of ``B = [√a·X_side; I_k]``.
 
@@ -179,7 +94,7 @@ def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
     """
     side = x.mT if n_side else x
     k = side.shape[-1]
-    root = _per_matrix(scale.sqrt()) if isinstance(scale, Tensor) else scale**0.5
+    root = per_matrix(scale.sqrt()) if isinstance(scale, Tensor) else scale**0.5
     eye = torch.eye(k, dtype=x.dtype, device=x.device).expand(*x.shape[:-2], k, k)
     # R's diagonal may be negative; L Lᵀ = RᵀR holds regardless, and the log-determinant uses |diag|.
     r: Tensor = torch.linalg.qr(torch.cat([side * root, eye], dim=-2), mode="r").R
@@ -225,6 +140,29 @@ def _all_regular_on_host(scaled_trace: Tensor, threshold: float) -> bool:
     return bool(low >= threshold and high < math.inf)
 
 
+# When the d-side Gram is summed around the row mean (see ``_gram.scaled_gram``): with at least this many
+# rows, and, where a host read can tell, with q = u·a·tr(XᵀX) at least this large. Below either, the plain
+# float32 sum keeps collapsed features within the float32 contract (``tests/test_gram_logdet.py``).
+_SPLIT_MIN_ROWS = 128
+_SPLIT_MIN_Q = 1e-4
+
+
+def _split_rows(x: Tensor, scale: Tensor | float) -> bool:
+    """Whether the ``d``-side Gram of ``x`` is summed around the row mean.
+
+    Always from ``_SPLIT_MIN_ROWS`` rows on, except where a host read (CPU, see :func:`_decided_on_host`)
+    shows ``q < _SPLIT_MIN_Q`` for every set: that costs one reduction and saves three passes over ``x``.
+    """
+    if x.shape[-2] < _SPLIT_MIN_ROWS or x.numel() == 0:
+        return False
+    if not _decided_on_host(x):
+        return True
+    largest = scale if isinstance(scale, float) else scale.max().item()
+    # ||x||² over the whole batch bounds every set's tr(XᵀX).
+    energy = torch.linalg.vector_norm(x).item() ** 2
+    return not torch.finfo(x.dtype).eps / 2 * largest * energy < _SPLIT_MIN_Q
+
+
 def _any_on_host(info: Tensor) -> bool:
     """Whether any factorization failed, read on the host (CPU only, see :func:`_decided_on_host`)."""
     return bool(info.item()) if info.ndim == 0 else bool(info.any())
@@ -256,8 +194,9 @@ class _GramHalfLogdet(torch.autograd.Function):
                 gathered = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
             x = gathered
         n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
-        matrix, mirrored = _scaled_gram(
-            x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal
+        split = not (n_side or orthogonal or gram_in_float64) and _split_rows(x, scale)
+        matrix, mirrored = scaled_gram(
+            x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal, split=split
         )
         # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
         diagonal = matrix.diagonal(dim1=-2, dim2=-1)
@@ -282,7 +221,7 @@ class _GramHalfLogdet(torch.autograd.Function):
                 # Overwrite it with ones: read as lower-triangular (the only triangle used) that is a
                 # unit-diagonal factor with log-determinant 0, the fallback value, and a small finite inverse.
                 # In place, so the factor keeps the column-major layout cholesky_inverse reads without a copy.
-                chol.masked_fill_(_per_matrix(failed), 1.0)
+                chol.masked_fill_(per_matrix(failed), 1.0)
             factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         probe: Tensor | None = None
         value = factored
@@ -319,6 +258,20 @@ class _GramHalfLogdet(torch.autograd.Function):
         if grad_value is None:
             return None, None, None, None, None, None
         x, chol, failed, probe, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
+        # The backward runs under the autocast state around the backward() call, not the forward's.
+        with float32_island(x.device):
+            return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, scale_tensor)
+
+    @staticmethod
+    def _gradient(
+        ctx: FunctionCtx,
+        grad_value: Tensor,
+        x: Tensor,
+        chol: Tensor,
+        failed: Tensor | None,
+        probe: Tensor | None,
+        scale_tensor: list[Tensor],
+    ) -> tuple[Tensor | None, ...]:
         n_side, mode, group, k, first_row, local_n = ctx.layout  # type: ignore[attr-defined]
         # The upstream gradient times the scale; a float scale rides on the final GEMM instead.
         coef = grad_value * scale_tensor[0] if scale_tensor else grad_value
@@ -335,10 +288,10 @@ class _GramHalfLogdet(torch.autograd.Function):
         # M⁻¹ is symmetric and comes back column-major: its transpose is the same matrix, row-major, which
         # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor.
         factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
-        inverse = _spd_inverse(factor).mT.mul_(_per_matrix(coef))
+        inverse = _spd_inverse(factor).mT.mul_(per_matrix(coef))
         left, right = (inverse, x) if n_side else (x, inverse)
         alpha = 1.0 if scale_tensor else ctx.scale  # type: ignore[attr-defined]
-        grad = _product_into(x.new_empty(x.shape), left, right, alpha)
+        grad = product_into(x.new_empty(x.shape), left, right, alpha)
         if mode == "gather":
             grad = grad[..., first_row : first_row + local_n, :]
         return grad, None, None, None, None, None
@@ -356,7 +309,8 @@ def gram_half_logdet(
     """Computes ``1/2 logdet(I + scale·XᵀX)`` per batch entry on the cheaper side, with an analytic backward.
 
     This is the low-level kernel behind :func:`jepa_rate.coding_rate` and :func:`jepa_rate.rate_reduction`;
-    it does no argument checking, no autocast handling and no preprocessing.
+    it does no argument checking and no preprocessing. Autocast is disabled in its forward and backward, but
+    ``x`` must already be in the compute dtype.
 
     Args:
         x: Features in the compute dtype (float32 or float64): one set, or a contiguous batch of sets. One
@@ -396,8 +350,9 @@ def gram_half_logdet(
     if method == "qr" and mode == "reduce":
         raise ValueError("method='qr' needs the rows of X; it cannot be combined with mode='reduce'")
     orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
-    gram_in_float64 = x.dtype == torch.float32 and _matmul_precision_reduced(x.device)
-    rate, info, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64, orthogonal)
+    gram_in_float64 = x.dtype == torch.float32 and matmul_precision_reduced(x.device)
+    with float32_island(x.device):
+        rate, info, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64, orthogonal)
     if fallback == "zero" or (fallback == "float64" and x.dtype == torch.float64):
         return GramLogdet(rate, info, scaled_trace)
     failed = GramLogdet(rate, info, scaled_trace).failed
