@@ -14,17 +14,29 @@ from torch.nn.parallel import DistributedDataParallel
 from jepa_rate import CodingRateLoss
 
 WORLD = 2
-# (rows per rank, input dim, feature dim, center): d <= global n uses all_reduce of the d x d Gram,
-# global n < d all_gathers the rows and factors the n x n side. The last two reach the padded order
-# (d = 128 after the all_reduce) and the Gram from its lower blocks (global n = 300 after the all_gather).
+# (rows per rank, input dim, feature dim, center, sets): d <= global n uses all_reduce of the d x d Gram,
+# global n < d all_gathers the rows and factors the n x n side. (80, 5, 128) and (150, 5, 400) reach the
+# padded order (d = 128 after the all_reduce) and the Gram from its lower blocks (global n = 300 after the
+# all_gather). With sets > 1 each rank's rows are split into that many sets, a (sets, n, d) batch, and set b
+# of the global batch is set b of every rank, concatenated.
 CASES = [
-    (16, 5, 8, False),
-    (16, 5, 8, True),
-    (3, 5, 12, False),
-    (3, 5, 12, True),
-    (80, 5, 128, True),
-    (150, 5, 400, False),
+    (16, 5, 8, False, 1),
+    (16, 5, 8, True, 1),
+    (3, 5, 12, False, 1),
+    (3, 5, 12, True, 1),
+    (80, 5, 128, True, 1),
+    (150, 5, 400, False, 1),
+    (16, 5, 8, True, 2),
+    (6, 5, 12, False, 2),
 ]
+
+
+def as_sets(features: torch.Tensor, sets: int, world: int) -> torch.Tensor:
+    """``(world·rows, d)`` features, rank-major, as the global ``(sets, world·rows/sets, d)`` batch."""
+    if sets == 1:
+        return features
+    d = features.shape[-1]
+    return features.view(world, sets, -1, d).transpose(0, 1).reshape(sets, -1, d)
 
 
 def make_problem(rows: int, d_in: int, d: int) -> tuple[torch.Tensor, torch.nn.Linear]:
@@ -37,9 +49,11 @@ def make_problem(rows: int, d_in: int, d: int) -> tuple[torch.Tensor, torch.nn.L
     return inputs, layer
 
 
-def single_process(rows: int, d_in: int, d: int, center: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def single_process(
+    rows: int, d_in: int, d: int, center: bool, sets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     inputs, layer = make_problem(rows, d_in, d)
-    loss = CodingRateLoss(weight=1.0, center=center)(layer(inputs))
+    loss = CodingRateLoss(weight=1.0, center=center)(as_sets(layer(inputs), sets, WORLD))
     loss.backward()
     assert layer.weight.grad is not None
     return loss.detach(), layer.weight.grad
@@ -50,11 +64,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         results = []
-        for rows, d_in, d, center in CASES:
+        for rows, d_in, d, center, sets in CASES:
             inputs, layer = make_problem(rows, d_in, d)
             model = DistributedDataParallel(layer)
             local = inputs[rank * rows : (rank + 1) * rows]
-            loss = CodingRateLoss(weight=1.0, center=center, gather_distributed=True)(model(local))
+            features = as_sets(model(local), sets, 1)
+            loss = CodingRateLoss(weight=1.0, center=center, gather_distributed=True)(features)
             loss.backward()
             results.append((loss.detach(), layer.weight.grad))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
