@@ -12,8 +12,8 @@ so that the benchmark times those routes rather than an idealized version of the
   (Sylvester's identity), differentiated by plain autograd; batched over leading dimensions.
 * :func:`eigvalsh_small`: ``sum(log1p(a * eigvalsh(G)))`` of the smaller-side Gram ``G``.
 * :func:`bare_small`: the algorithm of ``jepa_rate`` with nothing else: one small-side Cholesky reused by an
-  analytic backward, without its padding, failure fallback, series branch or NaN propagation. Not public
-  code: it measures what those safety features cost.
+  analytic backward, without its padding, failure fallback, series branch, NaN propagation or mean split.
+  Not public code: it measures what those safety features cost.
 * :func:`grouped_mcr2_dense`: the MCR² rate reduction exactly as the MCR² code computes it: a Python loop
   over classes, each class term ``logdet(I + a_j W Π_j Wᵀ)`` with a dense ``n x n`` diagonal membership
   matrix ``Π_j``.
