@@ -111,7 +111,10 @@ def scaled_gram(
         _block(matrix[..., half:k, half:k], bottom, bottom, bottoms, bottoms, alpha, rows)
     else:
         target = matrix if padded == k else matrix[..., :k, :k]
-        _block(target, side, side, center, center, alpha, rows)
+        if center is None:
+            product_into(target, side, side.mT, alpha)
+        else:
+            _block(target, side, side, center, center, alpha, rows)
     if isinstance(scale, Tensor):
         matrix.mul_(per_matrix(scale))
     return matrix, mirrored

@@ -259,6 +259,8 @@ class _GramHalfLogdet(torch.autograd.Function):
             return None, None, None, None, None, None
         x, chol, failed, probe, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
         # The backward runs under the autocast state around the backward() call, not the forward's.
+        if not torch.is_autocast_enabled(x.device.type):
+            return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, scale_tensor)
         with float32_island(x.device):
             return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, scale_tensor)
 
