@@ -120,9 +120,10 @@ def coding_rate(
     The determinant is taken on the smaller side (``logdet(I_d + a ZᵀZ) = logdet(I_n + a ZZᵀ)``) with one
     Cholesky factorization reused by an analytic backward pass. Autocast is disabled inside: bf16/fp16
     inputs are cast to float32 and the Gram matrix is accumulated and stored in float32 (float64 with
-    ``compute_dtype=torch.float64`` or float64 input). Nothing syncs with the host on the default path, and
-    it works under ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no double
-    backward).
+    ``compute_dtype=torch.float64`` or float64 input). On a GPU nothing on the default path synchronizes
+    with the host; on CPU, where that costs no sync, the kernel reads a few values to skip the branches that
+    do not apply. It works under ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no
+    double backward).
 
     Args:
         z: Embeddings, ``(..., n, d)``; leading dimensions are independent sets computed in one call.
