@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import torch
 from hypothesis import given
@@ -10,9 +11,11 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from jepa_rate import coding_rate
+from jepa_rate.numerics import gram_logdet
 from reference import rate_grad_reference, rate_reference
 
 U32 = 2.0**-24
+FLOATS = (torch.float32, torch.float64)
 
 sizes = st.integers(min_value=2, max_value=512)
 features_dims = st.integers(min_value=1, max_value=512)
@@ -191,3 +194,26 @@ def test_batched_equals_loop(b: int, n: int, d: int, seed: int) -> None:
     batched = coding_rate(z)
     looped = torch.stack([coding_rate(z[i]) for i in range(b)])
     assert_close(batched, looped, rtol=1e-12, atol=1e-12)
+
+
+@given(n=sizes, d=features_dims, rank=ranks, scale=scales, seed=seeds, dtype=st.sampled_from(FLOATS))
+def test_host_and_device_routes_agree(
+    n: int, d: int, rank: str, scale: float, seed: int, dtype: torch.dtype
+) -> None:
+    # On CPU the kernel reads values to skip branches and, for q < 1e-4, the mean split; the device route
+    # (CUDA, torch.compile) computes everything. Where the split is the only difference, the two Grams differ
+    # by rounding, and I + aG then has q < 1e-4: values agree to ~1e-6, gradients to ~q.
+    z = make_features(n, d, rank, scale, seed).to(dtype)
+    results = []
+    for on_host in (True, False):
+        x = z.clone().requires_grad_()
+        with mock.patch.object(gram_logdet, "_decided_on_host", lambda t, keep=on_host: keep and t.is_cpu):
+            rate = coding_rate(x)
+            rate.backward()
+        assert x.grad is not None
+        results.append((rate.detach(), x.grad))
+    (host_rate, host_grad), (device_rate, device_grad) = results
+    assert_close(host_rate, device_rate, rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert_close(
+        host_grad, device_grad, rtol=1e-3, atol=1e-6 * (1 + float(host_grad.abs().max())), equal_nan=True
+    )
