@@ -30,8 +30,9 @@ Why each choice:
   factor, non-finite input) are all computed and selected with :func:`torch.where`, and the backward inverts
   with a triangular solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device
   sync. On CPU, where reading a value is no device sync, one read of the traces and one of the status skip
-  the branches that do not apply: a dozen small ops, most of a step's time at small sizes. Both routes give
-  bit-identical results; ``torch.compile`` traces the device route.
+  the branches that do not apply: a dozen small ops, most of a step's time at small sizes. Where a branch
+  does not apply it adds exact zeros, so both routes give the same bits; only the mean split below, which
+  the host read may skip, changes the rounding. ``torch.compile`` traces the device route.
 * On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK's
   Cholesky is much slower at those orders (1.7x to 3.7x in ``benchmarks/logdet.py``, padding included),
   presumably because the columns fall into the same cache sets, and the padding changes nothing else.
