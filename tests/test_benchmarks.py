@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jepa_rate.numerics import _gram, gram_logdet
+from jepa_rate.numerics import _gram, _host, gram_logdet
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -282,7 +282,7 @@ def test_cuda_sync_check_cases_run_on_cpu_along_the_cuda_route(monkeypatch: pyte
     on_cpu = {name: _tensors(case()) for name, case in sync_check.cases(torch.device("cpu")).items()}
     inverse = gram_logdet._spd_inverse
     monkeypatch.setattr(_gram, "padded_size", lambda k, device: k)
-    monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
+    monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
     monkeypatch.setattr(gram_logdet, "_spd_inverse", lambda chol, potri=None: inverse(chol, potri=False))
     for name, case in sync_check.cases(torch.device("cpu")).items():
         expected, got = on_cpu[name], _tensors(case())

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from jepa_rate import coding_rate
-from jepa_rate.numerics import gram_logdet
+from jepa_rate.numerics import _host
 from reference import rate_grad_reference, rate_reference
 
 U32 = 2.0**-24
@@ -60,13 +60,18 @@ def test_float32_input_with_float64_compute(n: int, d: int, rank: str, scale: fl
 
 @given(n=sizes, d=features_dims, rank=ranks, scale=st.floats(1e-3, 3.0), seed=seeds)
 def test_float32_precision_contract(n: int, d: int, rank: str, scale: float, seed: int) -> None:
-    # The documented float32 contract: relative error <= 1e-3 while q = u32 * a * tr(ZᵀZ) <= 1e-3, and a
-    # graceful ~q relative error beyond (the float32 Gram's rounding enters I + aG at a size ~ q).
+    # The documented float32 contract: relative error <= 1e-3 for entries up to 3, any rank. The float32
+    # Gram's rounding enters I + aG at a size ~ q = u32 * a * tr(ZᵀZ), which for rank-deficient features
+    # costs accuracy once q > 1e-3.
     z = make_features(n, d, rank, scale, seed).float()
     a = scale_of(z)
     q = U32 * a * float(z.double().square().sum())
-    rtol = 1e-3 if q <= 1e-3 else 5 * q
-    assert_close(coding_rate(z).double(), rate_reference(z, a), rtol=rtol, atol=1e-6)
+    # On CPU a rate estimated to be off by more than 1e-3 is recomputed in float64, so the bound holds at any
+    # q here; the device route (last assertion) keeps the float32 error, ~q beyond q = 1e-3.
+    assert_close(coding_rate(z).double(), rate_reference(z, a), rtol=1e-3, atol=1e-6)
+    with mock.patch.object(_host, "decided_on_host", lambda t: False):
+        on_device = coding_rate(z).double()
+    assert_close(on_device, rate_reference(z, a), rtol=1e-3 if q <= 1e-3 else 5 * q, atol=1e-6)
 
 
 @given(n=st.integers(2, 96), d=st.integers(1, 96), rank=ranks, scale=st.floats(1e-2, 10.0), seed=seeds)
@@ -207,7 +212,11 @@ def test_host_and_device_routes_agree(
     results = []
     for on_host in (True, False):
         x = z.clone().requires_grad_()
-        with mock.patch.object(gram_logdet, "_decided_on_host", lambda t, keep=on_host: keep and t.is_cpu):
+        # The float64 recompute of inaccurate float32 rates is a host-only step of its own, tested elsewhere.
+        with (
+            mock.patch.object(_host, "decided_on_host", lambda t, keep=on_host: keep and t.is_cpu),
+            mock.patch.object(_host, "needs_float64", lambda *args: False),
+        ):
             rate = coding_rate(x)
             rate.backward()
         assert x.grad is not None

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from jepa_rate.numerics import _gram, gram_logdet
+from jepa_rate.numerics import _gram, _host, gram_logdet
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_grad_reference, rate_reference
 
@@ -22,7 +22,7 @@ def branches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     The device route is what CUDA and ``torch.compile`` use; forcing it here tests it on CPU.
     """
     if request.param == "device":
-        monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
+        monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
     return str(request.param)
 
 
@@ -194,7 +194,7 @@ def test_host_and_device_branch_choice_agree(
     # On CPU the rare branches are skipped when a host read shows they do not apply; the device route always
     # computes and selects them. Where they do not apply they add exact zeros, so the two agree bit for bit.
     host = _value_and_grad(z, scale, method)
-    monkeypatch.setattr(gram_logdet, "_decided_on_host", lambda x: False)
+    monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
     device = _value_and_grad(z, scale, method)
     for a, b in zip(host, device, strict=True):
         assert_close(a, b, rtol=rtol, atol=rtol * 1e-2, equal_nan=True)
@@ -252,3 +252,51 @@ def test_backward_inside_an_autocast_region_stays_in_float32(
     assert inside.grad is not None and outside.grad is not None
     assert inside.grad.dtype == torch.float32
     assert_close(inside.grad, outside.grad, rtol=1e-6, atol=1e-7)
+
+
+def _rank_one(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 1, generator=g) @ torch.randn(1, d, generator=g)).float()
+
+
+@pytest.mark.parametrize(("n", "d"), [(392, 494), (244, 300), (128, 300), (700, 120)])
+def test_inaccurate_float32_rates_are_recomputed_in_float64_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, n: int, d: int
+) -> None:
+    # Rank-one features of unit scale at eps = 0.5: q = u·a·tr(ZᵀZ) is 1e-3 to 3e-2, beyond the float32
+    # contract, and the unit eigenvalues of I + aG take errors of about q. The CPU route sees it from the
+    # pivots and recomputes in float64; (128, 300) is also a padded order.
+    decisions: list[bool] = []
+    real = _host.needs_float64
+
+    def spy(*args: Any) -> bool:
+        decisions.append(real(*args))
+        return decisions[-1]
+
+    monkeypatch.setattr(_host, "needs_float64", spy)
+    z = _rank_one(n, d, seed=n)
+    a = d / (n * 0.5)
+    x = z.clone().requires_grad_()
+    rate = gram_half_logdet(x, a).rate
+    rate.backward()
+    assert decisions == [True]
+    assert rate.dtype == torch.float32
+    assert_close(rate.double(), rate_reference(z.double(), a), rtol=1e-6, atol=0)
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    expected = rate_grad_reference(z.double(), a)
+    assert_close(x.grad.double(), expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_full_rank_and_batched_features_at_large_q() -> None:
+    # Full rank: every eigenvalue of I + aG is large, so q ~ 5e-2 costs no accuracy and no recompute. In a
+    # batch, one rank-one set sends the whole batch to float64, and every set comes out exact.
+    full = torch.randn(128, 640, generator=torch.Generator().manual_seed(0))
+    pivots = torch.linalg.cholesky(torch.eye(128) + 5.0 * full @ full.T).diagonal()
+    trace = 5.0 * float(full.double().square().sum())
+    rate = torch.tensor(float(pivots.log().sum()))
+    assert not _host.needs_float64(full, "local", trace, pivots, rate)
+    batch = torch.stack([_rank_one(300, 200, seed=1), torch.randn(300, 200)])
+    a = 200 / (300 * 0.5)
+    out = gram_half_logdet(batch, a).rate
+    expected = torch.stack([rate_reference(z.double(), a) for z in batch])
+    assert_close(out.double(), expected, rtol=1e-6, atol=0)

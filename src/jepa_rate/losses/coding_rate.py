@@ -122,7 +122,9 @@ def coding_rate(
     inputs are cast to float32 and the Gram matrix is accumulated and stored in float32 (float64 with
     ``compute_dtype=torch.float64`` or float64 input). On a GPU nothing on the default path synchronizes
     with the host; on CPU, where that costs no sync, the kernel reads a few values to skip the branches that
-    do not apply. It works under ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no
+    do not apply, and recomputes in float64 a rate estimated to be off by more than 1e-3 (large ``q``,
+    rank-deficient features; see the precision section of the docs). It works under
+    ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no
     double backward).
 
     Args:

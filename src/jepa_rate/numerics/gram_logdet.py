@@ -23,6 +23,8 @@ Why each choice:
   count or escalate them.
 * From order 256 on, the Gram is formed from three GEMMs of its lower blocks (3/4 of the flops): the
   factorization reads only the lower triangle.
+* On CPU, a successful float32 factorization whose rate is estimated to be off by more than 1e-3 (see
+  ``_host.needs_float64``) is redone by the float64 QR route, whose factor also serves the backward.
 * On the ``d`` side, from 128 rows on, the Gram is summed around the row mean (``XᵀX = X_cᵀX_c + n·μμᵀ``):
   collapsed rows make a plain float32 sum round every term the same way, an error that lands on the unit
   eigenvalues of ``I + a·G``.
@@ -44,7 +46,6 @@ Why each choice:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -52,6 +53,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from jepa_rate.numerics import _host
 from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
 from jepa_rate.numerics.precision import float32_island, matmul_precision_reduced
 
@@ -118,57 +120,6 @@ def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
     return inverse
 
 
-def _decided_on_host(x: Tensor) -> bool:
-    """Whether the rare branches (series, failed factor, non-finite input) are chosen by reading values.
-
-    On CPU such a read is no device sync, and skipping the branches that do not apply saves a dozen small
-    tensor ops, which at small sizes is most of the time of a step. On other devices, and while
-    ``torch.compile`` traces (a data-dependent Python branch would break the graph), every branch is computed
-    and selected on the device with :func:`torch.where`.
-    """
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-def _all_regular_on_host(scaled_trace: Tensor, threshold: float) -> bool:
-    """Whether every ``a·tr(G)`` is finite and at least ``threshold``: no series and no NaN to propagate."""
-    if scaled_trace.numel() == 0:
-        return True
-    if scaled_trace.ndim == 0:
-        low = high = scaled_trace.item()
-    else:
-        low, high = (bound.item() for bound in torch.aminmax(scaled_trace))
-    # NaN fails both comparisons.
-    return bool(low >= threshold and high < math.inf)
-
-
-# When the d-side Gram is summed around the row mean (see ``_gram.scaled_gram``): with at least this many
-# rows, and, where a host read can tell, with q = u·a·tr(XᵀX) at least this large. Below either, the plain
-# float32 sum keeps collapsed features within the float32 contract (``tests/test_gram_logdet.py``).
-_SPLIT_MIN_ROWS = 128
-_SPLIT_MIN_Q = 1e-4
-
-
-def _split_rows(x: Tensor, scale: Tensor | float) -> bool:
-    """Whether the ``d``-side Gram of ``x`` is summed around the row mean.
-
-    Always from ``_SPLIT_MIN_ROWS`` rows on, except where a host read (CPU, see :func:`_decided_on_host`)
-    shows ``q < _SPLIT_MIN_Q`` for every set: that costs one reduction and saves three passes over ``x``.
-    """
-    if x.shape[-2] < _SPLIT_MIN_ROWS or x.numel() == 0:
-        return False
-    if not _decided_on_host(x):
-        return True
-    largest = scale if isinstance(scale, float) else scale.max().item()
-    # ||x||² over the whole batch bounds every set's tr(XᵀX).
-    energy = torch.linalg.vector_norm(x).item() ** 2
-    return not torch.finfo(x.dtype).eps / 2 * largest * energy < _SPLIT_MIN_Q
-
-
-def _any_on_host(info: Tensor) -> bool:
-    """Whether any factorization failed, read on the host (CPU only, see :func:`_decided_on_host`)."""
-    return bool(info.item()) if info.ndim == 0 else bool(info.any())
-
-
 class _GramHalfLogdet(torch.autograd.Function):
     """Forward: one Gram, one factorization. Backward: ``M⁻¹`` from the saved factor, one GEMM."""
 
@@ -195,7 +146,7 @@ class _GramHalfLogdet(torch.autograd.Function):
                 gathered = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
             x = gathered
         n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
-        split = not (n_side or orthogonal or gram_in_float64) and _split_rows(x, scale)
+        split = not (n_side or orthogonal or gram_in_float64) and _host.split_rows(x, scale)
         matrix, mirrored = scaled_gram(
             x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal, split=split
         )
@@ -203,7 +154,8 @@ class _GramHalfLogdet(torch.autograd.Function):
         diagonal = matrix.diagonal(dim1=-2, dim2=-1)
         scaled_trace = diagonal.sum(-1)
         threshold = _SERIES_THRESHOLD[x.dtype]
-        regular = _decided_on_host(x) and _all_regular_on_host(scaled_trace, threshold)
+        largest_trace = _host.regular_on_host(scaled_trace, threshold) if _host.decided_on_host(x) else None
+        regular = largest_trace is not None
         if not regular:
             norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
             if mirrored is not None:
@@ -216,14 +168,24 @@ class _GramHalfLogdet(torch.autograd.Function):
         else:
             diagonal.add_(1.0)
             chol, info = torch.linalg.cholesky_ex(matrix)
-            if not regular or _any_on_host(info):
+            if not regular or _host.any_on_host(info):
                 failed = info != 0
                 # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises).
                 # Overwrite it with ones: read as lower-triangular (the only triangle used) that is a
                 # unit-diagonal factor with log-determinant 0, the fallback value, and a small finite inverse.
                 # In place, so the factor keeps the column-major layout cholesky_inverse reads without a copy.
                 chol.masked_fill_(per_matrix(failed), 1.0)
-            factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            pivots = chol.diagonal(dim1=-2, dim2=-1)
+            factored = pivots.log().sum(-1)
+            if largest_trace is not None and failed is None:
+                k = x.shape[-2] if n_side else x.shape[-1]
+                leading = pivots if pivots.shape[-1] == k else pivots[..., :k]
+                if _host.needs_float64(x, mode, largest_trace, leading, factored):
+                    # The rows give the float64 QR route (never fails, 1e-6 at any scale); its factor
+                    # serves the backward as well.
+                    exact = scale.double() if isinstance(scale, Tensor) else scale
+                    chol = _qr_factor(x.double(), exact, n_side)
+                    factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1).to(x.dtype)
         probe: Tensor | None = None
         value = factored
         if not regular:
@@ -292,9 +254,12 @@ class _GramHalfLogdet(torch.autograd.Function):
         # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor.
         factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
         inverse = _spd_inverse(factor).mT.mul_(per_matrix(coef))
-        left, right = (inverse, x) if n_side else (x, inverse)
+        # A float64 factor (the CPU recompute of an inaccurate float32 rate) keeps the product in float64 too:
+        # there M⁻¹X is a small difference of large terms, which float32 would not resolve.
+        rows = x if inverse.dtype == x.dtype else x.to(inverse.dtype)
+        left, right = (inverse, rows) if n_side else (rows, inverse)
         alpha = 1.0 if scale_tensor else ctx.scale  # type: ignore[attr-defined]
-        grad = product_into(x.new_empty(x.shape), left, right, alpha)
+        grad = product_into(rows.new_empty(rows.shape), left, right, alpha).to(x.dtype)
         if mode == "gather":
             grad = grad[..., first_row : first_row + local_n, :]
         return grad, None, None, None, None, None
