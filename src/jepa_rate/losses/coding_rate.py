@@ -124,8 +124,7 @@ def coding_rate(
     with the host; on CPU, where that costs no sync, the kernel reads a few values to skip the branches that
     do not apply, and recomputes in float64 a rate estimated to be off by more than 1e-3 (large ``q``,
     rank-deficient features; see the precision section of the docs). It works under
-    ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no
-    double backward).
+    ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no double backward).
 
     Args:
         z: Embeddings, ``(..., n, d)``; leading dimensions are independent sets computed in one call.

@@ -110,11 +110,7 @@ def scaled_gram(
         mirrored = _block(matrix[..., half:k, :half], bottom, top, bottoms, tops, alpha, rows)
         _block(matrix[..., half:k, half:k], bottom, bottom, bottoms, bottoms, alpha, rows)
     else:
-        target = matrix if padded == k else matrix[..., :k, :k]
-        if center is None:
-            product_into(target, side, side.mT, alpha)
-        else:
-            _block(target, side, side, center, center, alpha, rows)
+        _block(matrix if padded == k else matrix[..., :k, :k], side, side, center, center, alpha, rows)
     if isinstance(scale, Tensor):
         matrix.mul_(per_matrix(scale))
     return matrix, mirrored

@@ -51,7 +51,7 @@ def regular_on_host(scaled_trace: Tensor, threshold: float) -> float | None:
 
 # Estimated relative error of a float32 rate above which the CPU route recomputes it in float64.
 FLOAT64_ABOVE = 1e-3
-_FLOAT32_ROUNDOFF = 2.0**-24
+_FLOAT32_ROUNDOFF = torch.finfo(torch.float32).eps / 2
 
 
 def needs_float64(x: Tensor, mode: ReduceMode, largest_trace: float, pivots: Tensor, rate: Tensor) -> bool:
@@ -85,7 +85,7 @@ def split_rows(x: Tensor, scale: Tensor | float) -> bool:
     """Whether the ``d``-side Gram of ``x`` is summed around the row mean.
 
     Always from ``SPLIT_MIN_ROWS`` rows on, except where a host read (CPU, see :func:`decided_on_host`)
-    shows ``q < SPLIT_MIN_Q`` for every set: that costs one reduction and saves three passes over ``x``.
+    shows ``q < SPLIT_MIN_Q`` for every set: that costs one reduction and saves two passes over ``x``.
     """
     if x.shape[-2] < SPLIT_MIN_ROWS or x.numel() == 0:
         return False

@@ -104,6 +104,11 @@ def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
     return r.mT
 
 
+def _in_float64(scale: Tensor | float) -> Tensor | float:
+    """The scale for a float64 recompute: a tensor cast to float64, a Python float as it is."""
+    return scale.double() if isinstance(scale, Tensor) else scale
+
+
 def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
     """``(L Lᵀ)⁻¹`` from a lower-triangular ``L`` with a nonzero diagonal, without a host sync.
 
@@ -146,6 +151,7 @@ class _GramHalfLogdet(torch.autograd.Function):
                 gathered = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
             x = gathered
         n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
+        k = x.shape[-2] if n_side else x.shape[-1]
         split = not (n_side or orthogonal or gram_in_float64) and _host.split_rows(x, scale)
         matrix, mirrored = scaled_gram(
             x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal, split=split
@@ -178,13 +184,11 @@ class _GramHalfLogdet(torch.autograd.Function):
             pivots = chol.diagonal(dim1=-2, dim2=-1)
             factored = pivots.log().sum(-1)
             if largest_trace is not None and failed is None:
-                k = x.shape[-2] if n_side else x.shape[-1]
                 leading = pivots if pivots.shape[-1] == k else pivots[..., :k]
                 if _host.needs_float64(x, mode, largest_trace, leading, factored):
                     # The rows give the float64 QR route (never fails, 1e-6 at any scale); its factor
                     # serves the backward as well.
-                    exact = scale.double() if isinstance(scale, Tensor) else scale
-                    chol = _qr_factor(x.double(), exact, n_side)
+                    chol = _qr_factor(x.double(), _in_float64(scale), n_side)
                     factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1).to(x.dtype)
         probe: Tensor | None = None
         value = factored
@@ -201,7 +205,6 @@ class _GramHalfLogdet(torch.autograd.Function):
         saved = (x, chol, failed, probe, *([scale] if isinstance(scale, Tensor) else []))
         ctx.save_for_backward(*saved)  # type: ignore[arg-type]
         ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
-        k = x.shape[-2] if n_side else x.shape[-1]
         ctx.layout = (n_side, mode, group, k, rank * local_n, local_n)  # type: ignore[attr-defined]
         ctx.mark_non_differentiable(info, scaled_trace)
         ctx.set_materialize_grads(False)
@@ -335,7 +338,6 @@ def gram_half_logdet(
                 f"(scale a={shown_scale}): the float32 Gram is too inaccurate at this scale; pass "
                 "compute_dtype=torch.float64, a larger eps / smaller alpha, or normalize=True"
             )
-        exact_scale = scale.double() if isinstance(scale, Tensor) else scale
-        exact = _GramHalfLogdet.apply(x.double(), exact_scale, mode, group, False, mode != "reduce")
+        exact = _GramHalfLogdet.apply(x.double(), _in_float64(scale), mode, group, False, mode != "reduce")
         rate = torch.where(failed, exact[0].to(rate.dtype), rate)
     return GramLogdet(rate, info, scaled_trace)
