@@ -8,15 +8,23 @@ import importlib
 import pytest
 
 MODULES = [
+    "common.augment",
     "common.checkpoint",
     "common.config",
     "common.data",
+    "common.diagnostics",
     "common.dist",
+    "common.evaluation",
     "common.interrupt",
     "common.loader",
+    "common.loop",
+    "common.optim",
     "common.outputs",
     "common.plots",
+    "common.probes",
     "common.progress",
+    "common.rate",
+    "common.run",
     "common.splits",
     "common.views",
     "compare_runs",

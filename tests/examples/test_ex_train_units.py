@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import doctest
-import importlib
 import itertools
 
 import numpy as np
@@ -30,25 +28,6 @@ from common.optim import OptimConfig, build_optimizer, learning_rate, param_grou
 from common.probes import OnlineProbe, ProbeConfig, linear_classifier
 from common.rate import MonitoredRate, RateConfig, rate_schedule, time_rate
 from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, coding_rate
-
-MODULES = [
-    "common.augment",
-    "common.diagnostics",
-    "common.evaluation",
-    "common.loop",
-    "common.optim",
-    "common.probes",
-    "common.rate",
-    "common.run",
-]
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name: str) -> None:
-    result = doctest.testmod(
-        importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    )
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ------------------------------------------------------------------------------------------------ optim
