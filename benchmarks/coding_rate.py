@@ -122,7 +122,7 @@ ROUTE_TITLES: dict[str, str] = {
     "cholesky_small": "`cholesky`, small side, autograd",
     "cholesky_small_batched": "`cholesky`, small side, autograd, batched",
     "eigvalsh_small": "`eigvalsh`, small side",
-    "bare_small": "ours without padding, fallback, series or NaN checks (not public code)",
+    "bare_small": "ours without padding, fallback, series, NaN checks or mean split (not public code)",
     "mcr2_dense_loop": "per-class loop as in the MCR² code (dense n x n membership, d-side `torch.logdet`)",
     "logdet_d_loop": "per-class loop of d-side `torch.logdet`, boolean-mask gathers",
     "ours_loop": "per-class loop of ours (`coding_rate`)",

@@ -12,7 +12,8 @@ so that the benchmark times those routes rather than an idealized version of the
   (Sylvester's identity), differentiated by plain autograd; batched over leading dimensions.
 * :func:`eigvalsh_small`: ``sum(log1p(a * eigvalsh(G)))`` of the smaller-side Gram ``G``.
 * :func:`bare_small`: the algorithm of ``jepa_rate`` with nothing else: one small-side Cholesky reused by an
-  analytic backward, without its padding, failure fallback, series branch, NaN propagation or mean split.
+  analytic backward, in float32 (float64 for float64 inputs) with autocast off, without its padding, failure
+  fallback, series branch, NaN propagation or mean split.
   Not public code: it measures what those safety features cost.
 * :func:`grouped_mcr2_dense`: the MCR² rate reduction exactly as the MCR² code computes it: a Python loop
   over classes, each class term ``logdet(I + a_j W Π_j Wᵀ)`` with a dense ``n x n`` diagonal membership
@@ -20,9 +21,9 @@ so that the benchmark times those routes rather than an idealized version of the
 * :func:`grouped_dside_loop`: the same loop with boolean-mask gathers instead of ``Π_j`` (cheaper than the
   public code; shown for information).
 
-Under autocast the Gram products run in the autocast dtype, as they do in the public code; the identity is
-kept in float32 (float64 for float64 inputs), so type promotion factors a float32 (float64) matrix built
-from the low-precision Gram.
+Under autocast the public routes form their Gram products in the autocast dtype, as the public code does;
+the identity is kept in float32 (float64 for float64 inputs), so type promotion factors a float32 (float64)
+matrix built from the low-precision Gram.
 """
 
 from __future__ import annotations
@@ -156,7 +157,10 @@ def bare_small(z: Tensor, eps: float) -> Tensor:
     """
     _check_matrix(z, batched=True)
     n, d = z.shape[-2:]
-    value: Tensor = _BareHalfLogdet.apply(z, scale(n, d, eps))
+    # The float32 island is part of the algorithm, not one of the checks left out: under autocast the
+    # Gram of bf16 features is still formed and factored in float32.
+    with torch.autocast(z.device.type, enabled=False):
+        value: Tensor = _BareHalfLogdet.apply(z.to(_factor_dtype(z)), scale(n, d, eps))
     return value
 
 

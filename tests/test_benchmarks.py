@@ -234,8 +234,10 @@ def test_coding_rate_quick_bfloat16_autocast(tmp_path: Path) -> None:
             assert r["timing"] is None and r["error"]
         else:
             _check_timing(r["timing"])
-        if r["route"] in ("ours", "ours_grouped", "ours_loop"):
-            # The reference is of the bf16-rounded inputs, so only the fp32 island's rounding remains.
+        if r["route"] in ("ours", "ours_grouped", "ours_loop", "bare_small"):
+            # The reference is of the bf16-rounded inputs, so only the fp32 island's rounding remains. The
+            # bare route keeps the island too: it leaves out the checks, not the precision.
+            assert r["status"] == "ok", r
             assert r["rel_err"] < 1e-4, r
 
 
