@@ -120,6 +120,7 @@ def test_layer_norm_option_and_gradients() -> None:
         ({"action_dim": 0}, ValueError, "action_dim"),
         ({"action_dim": 2, "embed_dim": 2.0}, TypeError, "embed_dim"),
         ({"action_dim": 2, "norm": "group"}, ValueError, "norm"),
+        ({"action_dim": 2, "relative_input": "no"}, TypeError, "relative_input must be a bool, got str"),
     ],
 )
 def test_constructor_validation(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
@@ -133,7 +134,7 @@ def test_forward_validation() -> None:
         enc(torch.randn(4, 3, 5))
     with pytest.raises(ValueError, match="at least 2 views"):
         enc(torch.randn(4, 1, 2))
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(TypeError, match=r"floating torch\.Tensor, got dtype torch\.int64"):
         enc(torch.ones(4, 3, 2, dtype=torch.long))
     with pytest.raises(TypeError, match="bool"):
         enc(torch.randn(4, 3, 2), padding_mask=torch.zeros(4, 3))

@@ -145,6 +145,15 @@ def test_validation() -> None:
         SeqAggregator(d_model=8, num_heads=2, dropout=1.5)
     with pytest.raises(ValueError, match="activation"):
         SeqAggregator(d_model=8, num_heads=2, activation="tanh")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="norm_first must be a bool, got str"):
+        SeqAggregator(d_model=8, num_heads=2, norm_first="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"layer_norm_eps must be a finite number > 0, got -1\.0"):
+        TransformerLayer(d_model=8, num_heads=2, dim_feedforward=16, layer_norm_eps=-1.0)
+    layer = TransformerLayer(d_model=8, num_heads=2, dim_feedforward=16)
+    with pytest.raises(ValueError, match=r"d_model=8, got \(3, 8\)"):
+        layer(torch.randn(3, 8))
+    with pytest.raises(ValueError, match=r"d_model=8, got \(2, 3, 6\)"):
+        layer(torch.randn(2, 3, 6))
     agg = SeqAggregator(d_model=8, num_layers=1, num_heads=2, max_len=3)
     with pytest.raises(ValueError, match="d_model=8, got 7"):
         agg(torch.randn(2, 3, 7))

@@ -95,6 +95,8 @@ def test_loss_module_validates_settings_at_construction() -> None:
         CodingRateLoss(eps=0.5, alpha=2.0)
     with pytest.raises(ValueError, match="fallback"):
         CodingRateLoss(fallback="jitter")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="center must be a bool"):
+        CodingRateLoss(center="no")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="nonfinite"):
         CodingRateLoss(nonfinite="ignore")
     with pytest.raises(ValueError, match="compute_dtype"):
@@ -170,6 +172,10 @@ def test_nonfinite_inputs_propagate_nan_or_raise() -> None:
         ({"nonfinite": "skip"}, ValueError, "nonfinite must be one of"),
         ({"fallback": "jitter"}, ValueError, "fallback must be one of"),
         ({"compute_dtype": torch.bfloat16}, ValueError, "compute_dtype must be None"),
+        # bool("no") is True: a flag that is not a bool is refused, not read by its truth value.
+        ({"center": "no"}, TypeError, "center must be a bool, got str"),
+        ({"normalize": 1}, TypeError, "normalize must be a bool, got int"),
+        ({"gather_distributed": "false"}, TypeError, "gather_distributed must be a bool, got str"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs: dict[str, object], error: type, pattern: str) -> None:

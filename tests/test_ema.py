@@ -210,3 +210,9 @@ def test_functional_update_validation() -> None:
         EMATarget(a, decay=2.0)
     with pytest.raises(ValueError, match=r"got -0\.5"):
         EMATarget(a, decay=lambda k: -0.5)
+    with pytest.raises(ValueError, match=r"EMA decay must lie in \[0, 1\], got nan"):
+        EMATarget(a, decay=float("nan"))
+    # A target moved to another dtype than its online module: the message names the pair.
+    ema = EMATarget(nn.Linear(2, 2), decay=0.5).to(torch.float64)
+    with pytest.raises(ValueError, match=r"parameter 0 differ: target \(2, 2\) torch.float64 on cpu"):
+        ema.update()

@@ -113,6 +113,13 @@ def test_loss_module_and_gamma() -> None:
         (
             torch.randn(10, 4),
             torch.zeros(10, dtype=torch.long),
+            {"normalize": "no"},
+            TypeError,
+            "normalize must be a bool, got str",
+        ),
+        (
+            torch.randn(10, 4),
+            torch.zeros(10, dtype=torch.long),
             {"num_classes": 0},
             ValueError,
             "num_classes",

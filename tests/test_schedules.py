@@ -115,6 +115,9 @@ def test_constant_and_as_schedule() -> None:
         (lambda: CosineSchedule(total_steps=2.0), TypeError, "total_steps"),  # type: ignore[arg-type]
         (lambda: ConstantSchedule("a"), TypeError, "value"),  # type: ignore[arg-type]
         (lambda: as_schedule(None), TypeError, "value"),  # type: ignore[arg-type]
+        # Each end is checked when the schedule is built, not when a step first reaches its branch.
+        (lambda: WarmupCosineSchedule(1.0, 9, warmup_steps=2, end=math.nan), ValueError, "end"),
+        (lambda: WarmupCosineSchedule(peak=1.0, total_steps=9, start=math.nan), ValueError, "start"),
     ],
 )
 def test_validation(call: object, error: type[Exception], match: str) -> None:

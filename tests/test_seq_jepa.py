@@ -270,6 +270,23 @@ def test_prediction_loss_kinds_against_reference() -> None:
     assert_close(out.prediction_loss, 2 - 2 * F.cosine_similarity(out.prediction, out.target).mean(), **TIGHT)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "mse", "smooth_l1"])
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_prediction_loss_of_low_precision_inputs_is_float32(kind: str, low: torch.dtype) -> None:
+    # A near-perfect prediction: 1 - cos ~ 1e-3, which bf16's 8-bit mantissa would round to exactly 0.
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randn(256, 512, generator=gen)
+    p = t + 0.05 * torch.randn(256, 512, generator=gen)
+    p_low, t_low = p.to(low), t.to(low)
+    loss = prediction_loss(p_low, t_low, kind)  # type: ignore[arg-type]
+    assert loss.dtype == torch.float32
+    # The same loss of the rounded inputs, in float64. 1 - cos cancels: float32 rounds cos by ~6e-8, 5e-5 of
+    # this loss per sample, so 1e-3 leaves room for that and still fails a bf16 computation (error ~100%).
+    expected = prediction_loss(p_low.double(), t_low.double(), kind)  # type: ignore[arg-type]
+    assert_close(loss.double(), expected, rtol=1e-3, atol=0)
+    assert float(loss) > 1e-5
+
+
 def test_state_dict_round_trip() -> None:
     model = _model(symmetric=True)
     views, actions = _batch()
@@ -297,13 +314,21 @@ def test_validation() -> None:
         ({"rate_weight": -1.0}, "rate_weight"),
         ({"rate_loss": CodingRateLoss()}, "rate_on is None"),
         ({"embed_dim": 0}, "embed_dim must be"),
+        # Unused without a teacher, but still checked: a typo must not pass unnoticed.
+        ({"target": "stopgrad", "ema_decay": 2.0}, r"ema_decay must lie in \[0, 1\], got 2\.0"),
+        ({"target": "stopgrad", "ema_buffers": "average"}, "ema_buffers"),
     ):
         with pytest.raises(ValueError, match=match):
             _model(**kwargs)
+    for flag in ("symmetric", "norm_first", "relative_actions"):
+        with pytest.raises(TypeError, match=f"{flag.replace('_actions', '_input')} must be a bool, got str"):
+            _model(**{flag: "no"})
     model = _model()
     views, actions = _batch()
     with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
         model(views[:, 0], actions)
+    with pytest.raises(TypeError, match=r"views must be a floating torch\.Tensor, got dtype torch\.uint8"):
+        model(views.to(torch.uint8), actions)
     with pytest.raises(ValueError, match="T >= 2"):
         model(views[:, :1], actions[:, :1])
     with pytest.raises(ValueError, match=r"actions must have shape \(6, 4, 'A'\)"):

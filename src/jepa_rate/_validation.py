@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_compute_dtype",
     "check_feature_tensor",
+    "check_floating_tensor",
     "check_nonnegative",
     "check_positive",
     "check_probability",
@@ -43,6 +45,15 @@ def check_feature_tensor(z: object, name: str = "z", *, min_rows: int = 2) -> Te
     if d < 1:
         raise ValueError(f"{name} needs at least one feature (d >= 1), got shape {tuple(z.shape)}")
     return z
+
+
+def check_floating_tensor(value: object, name: str) -> Tensor:
+    """Checks that ``value`` is a tensor with a floating dtype and returns it."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a floating torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating torch.Tensor, got dtype {value.dtype}")
+    return value
 
 
 def check_int(value: object, name: str, minimum: int = 1) -> int:
@@ -78,6 +89,13 @@ def check_probability(value: object, name: str) -> float:
     if out > 1:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
     return out
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Checks that ``value`` is a bool and returns it (``bool("no")`` would read as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+    return value
 
 
 def check_choice(value: object, name: str, choices: Collection[str]) -> str:

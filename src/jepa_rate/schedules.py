@@ -157,6 +157,9 @@ def warmup_cosine(
             f"total_steps must be >= warmup_steps, got total_steps={total}, warmup_steps={warmup}"
         )
     peak = _check_real(peak, "peak")
+    # Both ends are checked at every step, not only the one this step's branch reads: a NaN ``end`` must not
+    # wait until the warmup is over to surface.
+    start, end = _check_real(start, "start"), _check_real(end, "end")
     if k < warmup:
         return linear_ramp(k, start=start, end=peak, total_steps=warmup)
     return cosine_ramp(k - warmup, start=peak, end=end, total_steps=total - warmup)

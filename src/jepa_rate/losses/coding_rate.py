@@ -7,7 +7,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice, check_compute_dtype, check_feature_tensor, check_nonnegative
+from jepa_rate._validation import (
+    check_bool,
+    check_choice,
+    check_compute_dtype,
+    check_feature_tensor,
+    check_nonnegative,
+)
 from jepa_rate.losses._rate_input import (
     NONFINITE_POLICIES,
     check_all_finite,
@@ -63,6 +69,9 @@ def _rate(
     fallback: str,
 ) -> _RateResult:
     check_feature_tensor(z)
+    check_bool(center, "center")
+    check_bool(normalize, "normalize")
+    check_bool(gather_distributed, "gather_distributed")
     check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
     check_choice(fallback, "fallback", FALLBACKS)
     n, d = z.shape[-2], z.shape[-1]
@@ -146,18 +155,16 @@ def coding_rate(
             sync).
         fallback: For a set whose factorization fails on finite input (only when ``u·a·||ZᵀZ|| ≳ 1``):
             ``"zero"`` (default): rate 0 and zero gradient, chosen on the device, counted by
-            :meth:`CodingRateLoss.forward_components`; ``"float64"``: recompute those sets in float64
-            (one host
-            sync); ``"raise"``: ``torch.linalg.LinAlgError`` (one host sync).
+            :meth:`CodingRateLoss.forward_components`; ``"float64"``: recompute those sets in float64 (one
+            host sync); ``"raise"``: ``torch.linalg.LinAlgError`` (one host sync).
 
     Returns:
         The rate of each set, float32 (float64 for float64 input).
 
     Raises:
-        TypeError: If ``z`` is not a floating tensor.
+        TypeError: If ``z`` is not a floating tensor or a flag is not a bool.
         ValueError: For a bad shape (fewer than 2 dims, ``n < 2``), non-positive ``eps``/``alpha``, both
-            given,
-            an unknown ``nonfinite``/``fallback``, or non-finite ``z`` with ``nonfinite="raise"``.
+            given, an unknown ``nonfinite``/``fallback``, or non-finite ``z`` with ``nonfinite="raise"``.
         RuntimeError: If ``gather_distributed=True`` and no process group is initialized.
 
     Shape:
@@ -244,10 +251,10 @@ class CodingRateLoss(nn.Module):
         rate_scale_numerator(eps, alpha, 1)  # validates eps / alpha now rather than at the first batch
         self.eps = eps
         self.alpha = alpha
-        self.center = bool(center)
-        self.normalize = bool(normalize)
+        self.center = check_bool(center, "center")
+        self.normalize = check_bool(normalize, "normalize")
         self.compute_dtype = check_compute_dtype(compute_dtype)
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = check_bool(gather_distributed, "gather_distributed")
         self.group = group
         self.nonfinite = check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
         self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]

@@ -7,7 +7,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice, check_compute_dtype, check_feature_tensor, check_positive
+from jepa_rate._validation import (
+    check_bool,
+    check_choice,
+    check_compute_dtype,
+    check_feature_tensor,
+    check_positive,
+)
 from jepa_rate.losses._rate_input import (
     DEFAULT_EPS,
     NONFINITE_POLICIES,
@@ -137,6 +143,7 @@ def rate_reduction(
     n, d = z.shape
     labels = _check_labels(labels, n, num_classes)
     eps = check_positive(eps, "eps")
+    check_bool(normalize, "normalize")
     check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
     check_choice(fallback, "fallback", FALLBACKS)
     check_compute_dtype(compute_dtype)
@@ -211,7 +218,7 @@ class RateReductionLoss(nn.Module):
         self.gamma = check_positive(gamma, "gamma")
         _check_labels(torch.zeros(1, dtype=torch.long), 1, num_classes)
         self.num_classes = num_classes
-        self.normalize = bool(normalize)
+        self.normalize = check_bool(normalize, "normalize")
         self.compute_dtype = check_compute_dtype(compute_dtype)
         self.nonfinite = check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
         self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]

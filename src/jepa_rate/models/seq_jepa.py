@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice, check_nonnegative, check_positive
+from jepa_rate._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_nonnegative,
+    check_positive,
+    check_probability,
+)
 from jepa_rate.losses.coding_rate import CodingRateLoss
 from jepa_rate.modules._padding import check_padding_mask, reverse_valid_prefix
 from jepa_rate.modules.action_encoder import ActionEncoder
@@ -46,7 +53,7 @@ def prediction_loss(
         beta: Threshold of the Smooth-L1 loss.
 
     Returns:
-        Scalar loss.
+        Scalar loss, in float32 for lower-precision inputs (float64 for float64 ones).
 
     Raises:
         ValueError: If the shapes differ or ``kind`` is unknown.
@@ -62,6 +69,10 @@ def prediction_loss(
             f"prediction and target must have the same shape (B, D), got {tuple(prediction.shape)} "
             f"and {tuple(target.shape)}"
         )
+    # At least float32: under bf16 autocast the encoders return bf16, whose 8-bit mantissa rounds a small
+    # loss such as 1 - cos = 1e-3 to exactly 0 and stalls both the gradient and the logged value.
+    dtype = torch.promote_types(torch.promote_types(prediction.dtype, target.dtype), torch.float32)
+    prediction, target = prediction.to(dtype), target.to(dtype)
     if kind == "cosine":
         return 1.0 - F.cosine_similarity(prediction, target, dim=-1).mean()
     p, t = F.normalize(prediction, dim=-1), F.normalize(target, dim=-1)
@@ -234,7 +245,7 @@ class SeqJEPA(nn.Module):
         self.smooth_l1_beta = check_positive(smooth_l1_beta, "smooth_l1_beta")
         self.prediction_weight = check_nonnegative(prediction_weight, "prediction_weight")
         self.rate_weight = check_nonnegative(rate_weight, "rate_weight")
-        self.symmetric = bool(symmetric)
+        self.symmetric = check_bool(symmetric, "symmetric")
         if inverse_action is not None and not callable(inverse_action):
             raise TypeError(f"inverse_action must be callable or None, got {type(inverse_action).__name__}")
         self.inverse_action = inverse_action
@@ -248,7 +259,14 @@ class SeqJEPA(nn.Module):
         self.predictor = ActionConditionedPredictor(
             d_model, action_embed_dim, embed_dim, predictor_hidden, predictor_layers, norm=predictor_norm
         )
-        self.target_encoder = EMATarget(encoder, ema_decay, buffers=ema_buffers) if target == "ema" else None
+        if target == "ema":
+            self.target_encoder: EMATarget | None = EMATarget(encoder, ema_decay, buffers=ema_buffers)
+        else:
+            # Unused without a teacher, but a typo in a config should still fail here, not pass unnoticed.
+            check_choice(ema_buffers, "ema_buffers", ("none", "ema", "copy"))
+            if not callable(ema_decay):
+                check_probability(ema_decay, "ema_decay")
+            self.target_encoder = None
         self.rate_loss: nn.Module | None = None
         if rate_on is not None:
             self.rate_loss = CodingRateLoss() if rate_loss is None else rate_loss
@@ -272,8 +290,7 @@ class SeqJEPA(nn.Module):
         return feats.new_zeros(batch, steps, self.embed_dim).index_put((valid,), feats)
 
     def _check_inputs(self, views: Tensor, actions: Tensor) -> tuple[int, int]:
-        if not isinstance(views, Tensor) or not views.is_floating_point():
-            raise TypeError(f"views must be a floating torch.Tensor, got {type(views).__name__}")
+        check_floating_tensor(views, "views")
         if views.ndim != 5 or views.shape[1] < 2:
             raise ValueError(f"views must have shape (B, T, C, H, W) with T >= 2, got {tuple(views.shape)}")
         batch, steps = views.shape[:2]

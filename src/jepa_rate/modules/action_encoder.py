@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice, check_int
+from jepa_rate._validation import check_bool, check_choice, check_floating_tensor, check_int
 from jepa_rate.modules._padding import check_padding_mask, last_valid_index
 
 __all__ = ["ActionEmbeddings", "ActionEncoder", "relative_actions"]
@@ -54,8 +54,7 @@ def relative_actions(actions: Tensor) -> Tensor:
         tensor([[ 90.],
                 [180.]])
     """
-    if not isinstance(actions, Tensor) or not actions.is_floating_point():
-        raise TypeError(f"actions must be a floating torch.Tensor, got {type(actions).__name__}")
+    check_floating_tensor(actions, "actions")
     if actions.ndim < 2 or actions.shape[-2] < 2:
         raise ValueError(f"actions must have shape (..., T, A) with T >= 2, got {tuple(actions.shape)}")
     return actions[..., 1:, :] - actions[..., :-1, :]
@@ -115,7 +114,7 @@ class ActionEncoder(nn.Module):
         check_choice(norm, "norm", ("batch", "layer", "none"))
         self.action_dim = action_dim
         self.embed_dim = embed_dim
-        self.relative_input = bool(relative_input)
+        self.relative_input = check_bool(relative_input, "relative_input")
         self.proj = nn.Linear(action_dim, embed_dim, bias=bias)
         self.norm: nn.Module
         if norm == "batch":
@@ -162,8 +161,7 @@ class ActionEncoder(nn.Module):
             TypeError: If ``actions`` is not a floating tensor or the mask is not bool.
             ValueError: If a shape is wrong or a sequence has fewer than 2 valid views.
         """
-        if not isinstance(actions, Tensor) or not actions.is_floating_point():
-            raise TypeError(f"actions must be a floating torch.Tensor, got {type(actions).__name__}")
+        check_floating_tensor(actions, "actions")
         expected = "(B, T - 1, A)" if self.relative_input else "(B, T, A)"
         if actions.ndim != 3 or actions.shape[-1] != self.action_dim:
             raise ValueError(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_choice, check_int, check_probability
+from jepa_rate._validation import check_bool, check_choice, check_int, check_positive, check_probability
 
 __all__ = ["AggregatorOutput", "SeqAggregator", "TransformerLayer"]
 
@@ -68,12 +68,13 @@ class TransformerLayer(nn.Module):
         self.dropout_p = check_probability(dropout, "dropout")
         check_choice(activation, "activation", ("relu", "gelu"))
         self.num_heads = num_heads
-        self.norm_first = bool(norm_first)
+        self.norm_first = check_bool(norm_first, "norm_first")
         self.activation = activation
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
+        layer_norm_eps = check_positive(layer_norm_eps, "layer_norm_eps")
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(self.dropout_p)
@@ -100,7 +101,16 @@ class TransformerLayer(nn.Module):
         return out
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """Applies the layer; ``attn_mask`` follows SDPA's bool semantics (``True`` = may attend)."""
+        """Applies the layer; ``attn_mask`` follows SDPA's bool semantics (``True`` = may attend).
+
+        Raises:
+            ValueError: If ``x`` is not ``(B, N, d_model)``.
+        """
+        if x.ndim != 3 or x.shape[-1] != self.norm1.normalized_shape[0]:
+            raise ValueError(
+                f"x must have shape (B, N, d_model) with d_model={self.norm1.normalized_shape[0]}, "
+                f"got {tuple(x.shape)}"
+            )
         if self.norm_first:
             x = x + self._attention(self.norm1(x), attn_mask)
             return x + self._feedforward(self.norm2(x))

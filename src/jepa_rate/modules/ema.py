@@ -67,7 +67,8 @@ def ema_update_(
 
     Raises:
         TypeError: If ``decay`` is not a real number.
-        ValueError: If ``decay`` is outside ``[0, 1]``, ``buffers`` is unknown or the structures differ.
+        ValueError: If ``decay`` is outside ``[0, 1]``, ``buffers`` is unknown, the structures differ or
+            a pair of parameters differs in shape, dtype or device.
 
     Examples:
         >>> online, target = nn.Linear(2, 2), nn.Linear(2, 2)
@@ -85,7 +86,25 @@ def ema_update_(
             "structures differ"
         )
     if target_params:
-        torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - decay)
+        try:
+            torch._foreach_lerp_(target_params, [p.detach() for p in online_params], 1.0 - decay)
+        except RuntimeError as exc:
+            # Found only on failure, so the common case pays for no per-parameter check.
+            mismatch = next(
+                (
+                    (i, t, o)
+                    for i, (t, o) in enumerate(zip(target_params, online_params, strict=True))
+                    if (t.shape, t.dtype, t.device) != (o.shape, o.dtype, o.device)
+                ),
+                None,
+            )
+            if mismatch is None:
+                raise
+            i, t, o = mismatch
+            raise ValueError(
+                f"target and online parameter {i} differ: target {tuple(t.shape)} {t.dtype} on {t.device}, "
+                f"online {tuple(o.shape)} {o.dtype} on {o.device}; move both modules with the same .to()"
+            ) from exc
     if buffers == "none":
         return
     target_bufs, online_bufs = list(target.buffers()), list(online.buffers())
@@ -123,6 +142,10 @@ class EMATarget(nn.Module):
             ``CosineSchedule(total_steps)`` (BYOL: 0.996 -> 1).
         buffers: Buffer policy of :func:`ema_update_`: ``"none"`` (default), ``"ema"`` or ``"copy"``.
 
+    Attributes:
+        step: Buffer, the number of updates applied so far.
+        decay: Buffer, the decay of the latest update; before the first update, the decay it will use.
+
     Raises:
         TypeError: If ``online`` is not a module or ``decay`` has the wrong type.
         ValueError: If the decay at step 0 is outside ``[0, 1]`` or ``buffers`` is unknown.
@@ -149,7 +172,8 @@ class EMATarget(nn.Module):
         super().__init__()
         if not isinstance(online, nn.Module):
             raise TypeError(f"online must be an nn.Module, got {type(online).__name__}")
-        self.schedule = as_schedule(decay)
+        # A constant decay is checked under its own name here (as_schedule would call it "value").
+        self.schedule = as_schedule(decay if callable(decay) else _check_decay(decay))
         first = _check_decay(self.schedule(0))
         self.buffer_policy: BufferPolicy = check_choice(buffers, "buffers", ("none", "ema", "copy"))  # type: ignore[assignment]
         base = unwrap_module(online)
