@@ -14,6 +14,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from jepa_rate.numerics import _host
+
 settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 if not os.environ.get("CI"):
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
@@ -35,3 +37,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["host", "device"])
+def branches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the rare branches chosen on the host (the CPU default) and on the device.
+
+    The device route is what CUDA and ``torch.compile`` use; forcing it here tests it on CPU.
+    """
+    if request.param == "device":
+        monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
+    return str(request.param)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
 from jepa_rate import CodingRateLoss, coding_rate
+from jepa_rate.numerics import _host
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_reference
 
@@ -86,6 +88,45 @@ def test_normalized_rate_separates_isotropic_from_collapsed() -> None:
     assert iso > 0.9 and line < 0.3 and float(zero) == 0.0
 
 
+def test_normalized_rate_is_nan_for_nan_input_and_never_above_one() -> None:
+    z = torch.randn(2, 6, 4)
+    z[0, 0, 0] = math.nan
+    parts = CodingRateLoss().forward_components(z)
+    assert bool(parts.rate.isnan()) and bool(parts.normalized_rate.isnan())
+    # Orthogonal rows of equal norm: R = R_max exactly, so rounding alone decides which side of 1 it lands.
+    rows = torch.linalg.qr(torch.randn(256, 256, generator=torch.Generator().manual_seed(0))).Q
+    assert float(CodingRateLoss().forward_components(rows).normalized_rate) <= 1.0
+
+
+def test_compute_dtype_never_changes_the_output_dtype() -> None:
+    z = torch.randn(8, 4, dtype=torch.float64)
+    low = coding_rate(z, compute_dtype=torch.float32)
+    assert low.dtype == torch.float64
+    assert_close(low, coding_rate(z), rtol=1e-5, atol=0)
+    assert coding_rate(z.float(), compute_dtype=torch.float64).dtype == torch.float32
+
+
+def test_gram_overflow_of_finite_features_is_nan_or_a_clear_error() -> None:
+    z = torch.randn(6, 4)
+    z[0, 0] = 1e30  # finite, but its square overflows float32
+    assert bool(coding_rate(z).isnan())
+    with pytest.raises(ValueError, match=r"overflowed torch\.float32"):
+        coding_rate(z, nonfinite="raise")
+    assert_close(coding_rate(z, compute_dtype=torch.float64).double(), rate_reference(z, 4 / (6 * 0.5)))
+
+
+def test_numeric_settings_accept_any_real_number() -> None:
+    z = torch.randn(16, 8)
+    assert_close(coding_rate(z, eps=np.float32(0.5)), coding_rate(z, eps=0.5))
+    assert_close(CodingRateLoss(weight=np.float64(0.1))(z), CodingRateLoss(weight=0.1)(z))
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        coding_rate(z, eps=10**400)
+    assert repr(CodingRateLoss()) == (
+        "CodingRateLoss(weight=1.0, eps=0.5, center=False, normalize=False, compute_dtype=None, "
+        "gather_distributed=False, nonfinite='propagate', fallback='zero')"
+    )
+
+
 def test_loss_module_validates_settings_at_construction() -> None:
     with pytest.raises(ValueError, match="weight"):
         CodingRateLoss(weight=-1.0)
@@ -107,6 +148,28 @@ def test_loss_module_validates_settings_at_construction() -> None:
 # ---------------------------------------------------------------- failure handling
 
 
+@pytest.fixture
+def device_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route CUDA and ``torch.compile`` take, on CPU: no host reads, so the fallbacks apply.
+
+    On CPU's own route a failed float32 factorization is redone in float64 before any fallback is needed
+    (``test_failed_factorization_on_cpu_is_redone_in_float64``).
+    """
+    monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
+
+
+def test_failed_factorization_on_cpu_is_redone_in_float64() -> None:
+    z = torch.stack([collapsed_at_large_scale(), torch.randn(512, 64)]).requires_grad_()
+    parts = CodingRateLoss(eps=1e-3).forward_components(z)
+    assert int(parts.fallback_count) == 0
+    rate = coding_rate(z, eps=1e-3)
+    expected = rate_reference(z, 64 / (512 * 1e-3))
+    assert_close(rate.double(), expected, rtol=1e-6, atol=0)
+    rate.sum().backward()
+    assert z.grad is not None and bool(torch.isfinite(z.grad).all())
+
+
+@pytest.mark.usefixtures("device_route")
 def test_failed_factorization_gives_zero_value_zero_gradient_and_is_counted() -> None:
     z = collapsed_at_large_scale().requires_grad_()
     loss_fn = CodingRateLoss(eps=1e-3)
@@ -117,6 +180,7 @@ def test_failed_factorization_gives_zero_value_zero_gradient_and_is_counted() ->
     assert z.grad is not None and torch.equal(z.grad, torch.zeros_like(z))
 
 
+@pytest.mark.usefixtures("device_route")
 def test_float64_fallback_recomputes_the_failed_sets() -> None:
     good = torch.randn(512, 64)
     z = torch.stack([collapsed_at_large_scale(), good]).requires_grad_()
@@ -128,6 +192,7 @@ def test_float64_fallback_recomputes_the_failed_sets() -> None:
     assert z.grad is not None and bool(torch.isfinite(z.grad).all()) and bool(z.grad[0].abs().sum() > 0)
 
 
+@pytest.mark.usefixtures("device_route")
 def test_raise_fallback_names_the_failed_sets() -> None:
     with pytest.raises(torch.linalg.LinAlgError, match=r"failed for the matrix \(scale a=125.0\)"):
         coding_rate(collapsed_at_large_scale(), eps=1e-3, fallback="raise")

@@ -215,7 +215,7 @@ def test_host_and_device_routes_agree(
         # The float64 recompute of inaccurate float32 rates is a host-only step of its own, tested elsewhere.
         with (
             mock.patch.object(_host, "decided_on_host", lambda t, keep=on_host: keep and t.is_cpu),
-            mock.patch.object(_host, "needs_float64", lambda *args: False),
+            mock.patch.object(_host, "check_float32", lambda *args: _host.Float32Check(False, None)),
         ):
             rate = coding_rate(x)
             rate.backward()

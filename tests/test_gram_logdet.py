@@ -15,17 +15,6 @@ from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_grad_reference, rate_reference
 
 
-@pytest.fixture(params=["host", "device"])
-def branches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test with the rare branches chosen on the host (the CPU default) and on the device.
-
-    The device route is what CUDA and ``torch.compile`` use; forcing it here tests it on CPU.
-    """
-    if request.param == "device":
-        monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
-    return str(request.param)
-
-
 @pytest.mark.parametrize(
     ("k", "device", "expected"),
     [(64, "cpu", 64), (128, "cpu", 136), (256, "cpu", 264), (200, "cpu", 200), (128, "meta", 128)],
@@ -110,22 +99,29 @@ def _cholesky_with_a_zero_pivot(real: Callable[..., Any]) -> Callable[..., Any]:
     return fake
 
 
-@pytest.mark.usefixtures("branches")
 @pytest.mark.parametrize("batched", [True, False])
 def test_a_zero_pivot_gives_value_zero_and_zero_gradient_without_raising(
-    monkeypatch: pytest.MonkeyPatch, batched: bool
+    monkeypatch: pytest.MonkeyPatch, branches: str, batched: bool
 ) -> None:
-    # torch.cholesky_inverse raises on a zero pivot; the failed factor must never reach it.
+    # torch.cholesky_inverse raises on a zero pivot; the failed factor must never reach it. The device
+    # route takes the fallback (value 0, zero gradient); on CPU the host route redoes the batch in float64.
     monkeypatch.setattr(torch.linalg, "cholesky_ex", _cholesky_with_a_zero_pivot(torch.linalg.cholesky_ex))
     z = torch.randn(2, 6, 10) if batched else torch.randn(6, 10)
-    z.requires_grad_()
-    out = gram_half_logdet(z, 0.5)
-    assert out.failed.reshape(-1).tolist() == ([True, False] if batched else [True])
+    x = z.clone().requires_grad_()
+    out = gram_half_logdet(x, 0.5)
     rate = out.rate.reshape(-1)
-    assert float(rate[0].detach()) == 0.0
     rate.sum().backward()
-    assert z.grad is not None
-    grad = z.grad.reshape(-1, 6, 10)
+    assert x.grad is not None
+    grad = x.grad.reshape(-1, 6, 10)
+    sets = z.reshape(-1, 6, 10).double()
+    if branches == "host":
+        assert not bool(out.failed.any())
+        for i, features in enumerate(sets):
+            assert_close(rate[i].double(), rate_reference(features, 0.5), rtol=1e-6, atol=0)
+            assert_close(grad[i].double(), rate_grad_reference(features, 0.5), rtol=1e-4, atol=1e-6)
+        return
+    assert out.failed.reshape(-1).tolist() == ([True, False] if batched else [True])
+    assert float(rate[0].detach()) == 0.0
     assert torch.equal(grad[0], torch.zeros_like(grad[0]))
     if batched:
         assert bool(rate[1] > 0) and bool(grad[1].abs().sum() > 0)
@@ -267,13 +263,14 @@ def test_inaccurate_float32_rates_are_recomputed_in_float64_on_cpu(
     # contract, and the unit eigenvalues of I + aG take errors of about q. The CPU route sees it from the
     # pivots and recomputes in float64; (128, 300) is also a padded order.
     decisions: list[bool] = []
-    real = _host.needs_float64
+    real = _host.check_float32
 
-    def spy(*args: Any) -> bool:
-        decisions.append(real(*args))
-        return decisions[-1]
+    def spy(*args: Any) -> _host.Float32Check:
+        check = real(*args)
+        decisions.append(check.redo)
+        return check
 
-    monkeypatch.setattr(_host, "needs_float64", spy)
+    monkeypatch.setattr(_host, "check_float32", spy)
     z = _rank_one(n, d, seed=n)
     a = d / (n * 0.5)
     x = z.clone().requires_grad_()
@@ -291,10 +288,16 @@ def test_full_rank_and_batched_features_at_large_q() -> None:
     # Full rank: every eigenvalue of I + aG is large, so q ~ 5e-2 costs no accuracy and no recompute. In a
     # batch, one rank-one set sends the whole batch to float64, and every set comes out exact.
     full = torch.randn(128, 640, generator=torch.Generator().manual_seed(0))
-    pivots = torch.linalg.cholesky(torch.eye(128) + 5.0 * full @ full.T).diagonal()
-    trace = 5.0 * float(full.double().square().sum())
-    rate = torch.tensor(float(pivots.log().sum()))
-    assert not _host.needs_float64(full, "local", trace, pivots, rate)
+    factor = torch.linalg.cholesky(torch.eye(128) + 5.0 * full @ full.T)
+    trace = torch.tensor(5.0 * float(full.double().square().sum()))
+    rate = factor.diagonal().log().sum()
+    info = torch.zeros((), dtype=torch.int32)
+    bounds = (float(trace), float(trace))
+    check = _host.check_float32(full, "local", bounds, trace, None, factor, rate, info, False)
+    assert not check.redo
+    # The check formed M⁻¹ for tr(M⁻¹); it is the inverse the backward would form.
+    assert check.inverse is not None
+    assert_close(check.inverse, torch.cholesky_inverse(factor))
     batch = torch.stack([_rank_one(300, 200, seed=1), torch.randn(300, 200)])
     a = 200 / (300 * 0.5)
     out = gram_half_logdet(batch, a).rate

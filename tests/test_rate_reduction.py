@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from jepa_rate import RateReductionLoss, coding_rate, rate_reduction
 from jepa_rate.losses.rate_reduction import _size_buckets
+from jepa_rate.numerics import _host
 from reference import rate_reference
 
 
@@ -83,6 +84,25 @@ def test_empty_classes_and_num_classes() -> None:
     z = torch.randn(30, 6, dtype=torch.float64)
     labels = torch.arange(30) % 3 * 2  # classes 0, 2, 4; 1 and 3 empty
     assert_close(rate_reduction(z, labels, num_classes=6), rate_reduction(z, labels // 2))
+
+
+def test_failures_are_counted_and_float32_input_of_float64_compute() -> None:
+    # Rank-2 features at q far above 1: the float32 factorizations fail. On the device route (CUDA,
+    # torch.compile) the fallback gives 0 and is counted; on CPU the batch is redone in float64.
+    g = torch.Generator().manual_seed(0)
+    huge = 1e3 * torch.randn(64, 2, generator=g) @ torch.randn(2, 32, generator=g)
+    labels = torch.arange(64) % 2
+    exact = rate_reduction(huge.double(), labels, eps=1e-3)
+    on_cpu = rate_reduction(huge, labels, eps=1e-3)
+    assert int(on_cpu.fallback_count) == 0
+    assert_close(on_cpu.expand.double(), exact.expand, rtol=1e-5, atol=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_host, "decided_on_host", lambda x: False)
+        on_device = rate_reduction(huge, labels, eps=1e-3)
+    assert int(on_device.fallback_count) == 3  # the whole batch and both classes
+    assert float(on_device.delta) == 0.0
+    assert rate_reduction(huge.double(), labels, compute_dtype=torch.float32).delta.dtype == torch.float64
+    assert_close(rate_reduction(huge.double(), labels, eps=None), rate_reduction(huge.double(), labels))
 
 
 def test_loss_module_and_gamma() -> None:

@@ -7,6 +7,7 @@ value or shape, so that a user sees at once what to fix.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection
 
 import torch
@@ -65,22 +66,33 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _finite_real(value: object, name: str, requirement: str) -> float:
+    """``value`` as a finite float; any real number but a bool is accepted (NumPy scalars included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    try:
+        out = float(value)
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        out = math.inf
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be a finite number {requirement}, got {value!r}")
+    return out
+
+
 def check_positive(value: object, name: str) -> float:
     """Checks that ``value`` is a finite real number > 0 and returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value) or value <= 0:
+    out = _finite_real(value, name, "> 0")
+    if out <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return out
 
 
 def check_nonnegative(value: object, name: str) -> float:
     """Checks that ``value`` is a finite real number >= 0 and returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value) or value < 0:
+    out = _finite_real(value, name, ">= 0")
+    if out < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return out
 
 
 def check_probability(value: object, name: str) -> float:

@@ -12,6 +12,8 @@ __all__ = [
     "DEFAULT_EPS",
     "NONFINITE_POLICIES",
     "check_all_finite",
+    "check_gram_finite",
+    "output_dtype",
     "rate_scale_numerator",
     "to_compute_dtype",
 ]
@@ -34,6 +36,11 @@ def rate_scale_numerator(eps: float | None, alpha: float | None, d: int) -> floa
     return d / check_positive(DEFAULT_EPS if eps is None else eps, "eps")
 
 
+def output_dtype(z: Tensor) -> torch.dtype:
+    """The dtype of a rate of ``z``: float64 for float64 input, float32 for every other (fp32 island)."""
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
+
+
 def to_compute_dtype(z: Tensor, compute_dtype: torch.dtype | None, *, normalize: bool = False) -> Tensor:
     """Casts ``z`` to the compute dtype and optionally L2-normalizes its rows.
 
@@ -48,6 +55,18 @@ def to_compute_dtype(z: Tensor, compute_dtype: torch.dtype | None, *, normalize:
     if normalize:
         x = F.normalize(x, dim=-1)
     return x
+
+
+def check_gram_finite(scaled_trace: Tensor, dtype: torch.dtype) -> None:
+    """Raises ``ValueError`` if finite features overflowed the Gram matrix (for ``nonfinite="raise"``).
+
+    Costs one device-to-host sync.
+    """
+    if not bool(scaled_trace.isfinite().all()):
+        raise ValueError(
+            f"the Gram matrix of the (finite) features overflowed {dtype}: their entries are too large for "
+            "this dtype; pass compute_dtype=torch.float64, normalize=True or rescale the features"
+        )
 
 
 def check_all_finite(z: Tensor, name: str = "z") -> None:

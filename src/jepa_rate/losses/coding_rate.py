@@ -15,8 +15,11 @@ from jepa_rate._validation import (
     check_nonnegative,
 )
 from jepa_rate.losses._rate_input import (
+    DEFAULT_EPS,
     NONFINITE_POLICIES,
     check_all_finite,
+    check_gram_finite,
+    output_dtype,
     rate_scale_numerator,
     to_compute_dtype,
 )
@@ -99,9 +102,13 @@ def _rate(
             group=group,
             fallback=fallback,  # type: ignore[arg-type]
         )
-    if core.rate.dtype == torch.float64 and z.dtype != torch.float64:
-        # compute_dtype=float64 for lower-precision input: the rate comes back as float32.
-        core = GramLogdet(core.rate.float(), core.info, core.scaled_trace.float())
+    if nonfinite == "raise":
+        check_gram_finite(core.scaled_trace, x.dtype)
+    out_dtype = output_dtype(z)
+    if core.rate.dtype != out_dtype:
+        # compute_dtype=float64 for lower-precision input comes back as float32, compute_dtype=float32 for
+        # float64 input as float64: the output follows the input.
+        core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
     return _RateResult(core, scale, min(total_n, d), z.shape[:-2])
 
 
@@ -131,8 +138,9 @@ def coding_rate(
     inputs are cast to float32 and the Gram matrix is accumulated and stored in float32 (float64 with
     ``compute_dtype=torch.float64`` or float64 input). On a GPU nothing on the default path synchronizes
     with the host; on CPU, where that costs no sync, the kernel reads a few values to skip the branches that
-    do not apply, and recomputes in float64 a rate estimated to be off by more than 1e-3 (large ``q``,
-    rank-deficient features; see the precision section of the docs). It works under
+    do not apply, and recomputes in float64 a batch in which a float32 factorization failed or a rate is
+    estimated to be off by more than 1e-3 (large ``q`` with rank-deficient features, or a small rate; see
+    the precision section of the docs). It works under
     ``torch.compile(fullgraph=True)``. Only first derivatives are provided (no double backward).
 
     Args:
@@ -141,8 +149,9 @@ def coding_rate(
         alpha: Give the scale directly as ``a = alpha / n`` instead of through ``eps``, > 0.
         center: Subtract the mean over the ``n`` rows first (the global mean when distributed).
         normalize: L2-normalize each row first (before centering when both are set).
-        compute_dtype: ``None`` (float32, or float64 for float64 input) or ``torch.float64`` to form the Gram
-            and factor it in float64 for full precision at any scale.
+        compute_dtype: ``None`` (float32, or float64 for float64 input), ``torch.float32`` (float32 for any
+            input) or ``torch.float64`` to form the Gram and factor it in float64 for full precision at any
+            scale. The result is float32, or float64 for float64 input, whatever the compute dtype.
         gather_distributed: Compute the rate of the global batch over all ranks of ``group`` (every rank must
             pass the same ``n``). The ``d x d`` Gram is summed with ``all_reduce`` when ``d <= n·world``, else
             the rows are ``all_gather``-ed and the ``n·world`` side is factored; ``a`` uses the global ``n``.
@@ -150,13 +159,14 @@ def coding_rate(
             DDP's mean all-reduce the parameter gradients equal those of one process on the concatenated
             batch.
         group: The process group (``None``: the default group).
-        nonfinite: ``"propagate"`` (default): NaN/Inf in ``z`` give NaN rate and NaN gradient for that set,
-            never a finite wrong value; ``"raise"``: ``ValueError`` naming the first bad entry (one host
-            sync).
-        fallback: For a set whose factorization fails on finite input (only when ``u·a·||ZᵀZ|| ≳ 1``):
-            ``"zero"`` (default): rate 0 and zero gradient, chosen on the device, counted by
-            :meth:`CodingRateLoss.forward_components`; ``"float64"``: recompute those sets in float64 (one
-            host sync); ``"raise"``: ``torch.linalg.LinAlgError`` (one host sync).
+        nonfinite: ``"propagate"`` (default): NaN/Inf in ``z``, or finite features so large that their Gram
+            overflows the compute dtype, give NaN rate and NaN gradient for that set, never a finite wrong
+            value; ``"raise"``: ``ValueError`` naming the first bad entry, or the overflow (host syncs).
+        fallback: For a set whose factorization fails on finite input (only when ``u·a·||ZᵀZ|| ≳ 1``) and
+            is not redone in float64 (on CPU it is: see above): ``"zero"`` (default): rate 0 and zero
+            gradient, chosen on the device, counted by :meth:`CodingRateLoss.forward_components`;
+            ``"float64"``: recompute those sets in float64 (one host sync); ``"raise"``:
+            ``torch.linalg.LinAlgError`` (one host sync).
 
     Returns:
         The rate of each set, float32 (float64 for float64 input).
@@ -260,10 +270,12 @@ class CodingRateLoss(nn.Module):
         self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]
 
     def extra_repr(self) -> str:
-        scale = f"alpha={self.alpha}" if self.alpha is not None else f"eps={self.eps}"
+        eps = DEFAULT_EPS if self.eps is None else self.eps
+        scale = f"alpha={self.alpha}" if self.alpha is not None else f"eps={eps}"
         return (
             f"weight={self.weight}, {scale}, center={self.center}, normalize={self.normalize}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"compute_dtype={self.compute_dtype}, gather_distributed={self.gather_distributed}, "
+            f"nonfinite={self.nonfinite!r}, fallback={self.fallback!r}"
         )
 
     def _result(self, z: Tensor) -> _RateResult:
@@ -291,7 +303,9 @@ class CodingRateLoss(nn.Module):
         rate = result.core.rate
         k = result.k
         r_max = 0.5 * k * torch.log1p(result.core.scaled_trace / k)
-        ratio = torch.where(r_max > 0, rate / r_max.clamp_min(torch.finfo(rate.dtype).tiny), 0.0)
+        # R <= R_max holds exactly; rounding may put the ratio a hair above 1. A NaN rate or bound stays NaN,
+        # and only an all-zero set (R = R_max = 0) reads 0.
+        ratio = torch.where(r_max == 0, 0.0, (rate / r_max).clamp_max(1.0))
         mean_rate = rate.mean()
         return CodingRateComponents(
             loss=-self.weight * mean_rate,

@@ -18,6 +18,8 @@ from jepa_rate.losses._rate_input import (
     DEFAULT_EPS,
     NONFINITE_POLICIES,
     check_all_finite,
+    check_gram_finite,
+    output_dtype,
     to_compute_dtype,
 )
 from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, gram_half_logdet
@@ -33,21 +35,25 @@ class RateReduction(NamedTuple):
         delta: ``expand - compress``, the rate reduction to maximize.
         expand: ``R(Z) = 1/2 logdet(I + d/(n·eps) ZᵀZ)``, the rate of the whole batch.
         compress: ``Σ_j (n_j/n)·1/2 logdet(I + d/(n_j·eps) Z_jᵀZ_j)``, the size-weighted rate of each class.
+        fallback_count: How many of the rates (the whole batch's and each class's) had a failed
+            factorization and took the fallback (int64); see :func:`jepa_rate.coding_rate`.
     """
 
     delta: Tensor
     expand: Tensor
     compress: Tensor
+    fallback_count: Tensor
 
 
 class RateReductionComponents(NamedTuple):
     """The terms of :class:`RateReductionLoss` for logging: ``loss = compress - gamma·expand`` and the
-    rest."""
+    rest (see :class:`RateReduction`)."""
 
     loss: Tensor
     delta: Tensor
     expand: Tensor
     compress: Tensor
+    fallback_count: Tensor
 
 
 def _check_labels(labels: object, n: int, num_classes: int | None) -> Tensor:
@@ -96,7 +102,7 @@ def rate_reduction(
     labels: Tensor,
     *,
     num_classes: int | None = None,
-    eps: float = DEFAULT_EPS,
+    eps: float | None = None,
     normalize: bool = False,
     compute_dtype: torch.dtype | None = None,
     nonfinite: str = "propagate",
@@ -113,7 +119,7 @@ def rate_reduction(
         z: Embeddings, ``(n, d)``.
         labels: Class (or cluster) index of each row, integers in ``[0, num_classes)``.
         num_classes: Number of classes; default ``labels.max() + 1``. Empty classes contribute nothing.
-        eps: The distortion (as eps²), > 0.
+        eps: The distortion (as eps²), > 0. Default (``None``) 0.5, MCR²'s.
         normalize: L2-normalize the rows first (MCR² normalizes its features).
         compute_dtype: See :func:`jepa_rate.coding_rate`.
         nonfinite: See :func:`jepa_rate.coding_rate`.
@@ -142,7 +148,7 @@ def rate_reduction(
         raise ValueError(f"z must have shape (n, d) for rate_reduction, got shape {tuple(z.shape)}")
     n, d = z.shape
     labels = _check_labels(labels, n, num_classes)
-    eps = check_positive(eps, "eps")
+    eps = check_positive(DEFAULT_EPS if eps is None else eps, "eps")
     check_bool(normalize, "normalize")
     check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
     check_choice(fallback, "fallback", FALLBACKS)
@@ -156,7 +162,8 @@ def rate_reduction(
 
     with float32_island(z.device):
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
-        expand = gram_half_logdet(x, d / (n * eps), fallback=fallback).rate
+        whole = gram_half_logdet(x, d / (n * eps), fallback=fallback)
+        expand, failures, traces = whole.rate, whole.failed.sum(), [whole.scaled_trace.reshape(1)]
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
         for classes in _size_buckets(sizes):
@@ -168,12 +175,15 @@ def rate_reduction(
             size = counts[cls].to(x.dtype)
             # index_select rather than advanced indexing: its backward is a plain index_add.
             members = padded_source.index_select(0, rows.flatten()).view(len(classes), width, d)
-            rates = gram_half_logdet(members, d / (size * eps), fallback=fallback).rate
-            compress = compress + (size / n * rates).sum()
-
-    out_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+            per_class = gram_half_logdet(members, d / (size * eps), fallback=fallback)
+            compress = compress + (size / n * per_class.rate).sum()
+            failures = failures + per_class.failed.sum()
+            traces.append(per_class.scaled_trace)
+    if nonfinite == "raise":
+        check_gram_finite(torch.cat(traces), x.dtype)
+    out_dtype = output_dtype(z)
     expand, compress = expand.to(out_dtype), compress.to(out_dtype)
-    return RateReduction(expand - compress, expand, compress)
+    return RateReduction(expand - compress, expand, compress, failures)
 
 
 class RateReductionLoss(nn.Module):
@@ -204,7 +214,7 @@ class RateReductionLoss(nn.Module):
 
     def __init__(
         self,
-        eps: float = DEFAULT_EPS,
+        eps: float | None = None,
         *,
         gamma: float = 1.0,
         num_classes: int | None = None,
@@ -214,7 +224,7 @@ class RateReductionLoss(nn.Module):
         fallback: Fallback = "zero",
     ) -> None:
         super().__init__()
-        self.eps = check_positive(eps, "eps")
+        self.eps = check_positive(DEFAULT_EPS if eps is None else eps, "eps")
         self.gamma = check_positive(gamma, "gamma")
         _check_labels(torch.zeros(1, dtype=torch.long), 1, num_classes)
         self.num_classes = num_classes

@@ -63,10 +63,18 @@ Method = Literal["auto", "cholesky", "qr"]
 Fallback = Literal["zero", "float64", "raise"]
 FALLBACKS: tuple[str, ...] = ("zero", "float64", "raise")
 
-# a·tr(G) below which the two-term series is more accurate than Cholesky in that dtype (see module docstring):
-# float32: series error <= (2e-2)^2/6 ~ 7e-5 relative, Cholesky error ~ sqrt(k)·u/tr(A) <= ~1e-4 above it;
-# float64: series error <= 2e-10, Cholesky error ~ 1e-10 above it.
-_SERIES_THRESHOLD = {torch.float32: 2e-2, torch.float64: 3e-5}
+
+def series_below(k: int, dtype: torch.dtype) -> float:
+    """``||a·G||_F`` below which the two-term series is more accurate than the Cholesky factor of order ``k``.
+
+    The series ``tr(A)/2 - tr(A²)/4`` leaves out ``Σ λ³/6 <= ||A||_F³/6`` of the rate, a bound that is tight
+    for a rank-one spectrum. The factor rounds each of its ``k`` pivots to ``u`` relative: measured just above
+    the series, its error is about ``k·u/2`` on the rate for isotropic features and under half that for
+    low-rank ones. Deciding on ``||A||_F`` rather than ``tr(A)`` sends spread spectra (series exact to
+    ``||A||_F³``, factor at its worst) to the series and keeps rank-one spectra (the reverse) on the factor,
+    so the crossover is set for low-rank spectra: ``||A||_F³/6 = k·u/4``.
+    """
+    return float((1.5 * k * torch.finfo(dtype).eps / 2) ** (1.0 / 3.0))
 
 
 class GramLogdet(NamedTuple):
@@ -159,14 +167,19 @@ class _GramHalfLogdet(torch.autograd.Function):
         # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
         diagonal = matrix.diagonal(dim1=-2, dim2=-1)
         scaled_trace = diagonal.sum(-1)
-        threshold = _SERIES_THRESHOLD[x.dtype]
-        largest_trace = _host.regular_on_host(scaled_trace, threshold) if _host.decided_on_host(x) else None
-        regular = largest_trace is not None
+        limit = series_below(k, x.dtype)
+        bounds = _host.trace_bounds(scaled_trace) if _host.decided_on_host(x) else None
+        regular = bounds is not None and _host.series_never_applies(bounds, k, limit)
+        use_series: Tensor | None = None
         if not regular:
             norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
             if mirrored is not None:
                 norm = torch.hypot(norm, torch.linalg.vector_norm(mirrored, dim=(-2, -1)))
+            use_series = norm < limit
+            series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
         failed: Tensor | None = None
+        inverse: Tensor | None = None
+        redone = False
         if orthogonal:
             chol = _qr_factor(x, scale, n_side)
             info = torch.zeros(x.shape[:-2], dtype=torch.int32, device=x.device)
@@ -174,35 +187,47 @@ class _GramHalfLogdet(torch.autograd.Function):
         else:
             diagonal.add_(1.0)
             chol, info = torch.linalg.cholesky_ex(matrix)
-            if not regular or _host.any_on_host(info):
+            any_failed = not regular or _host.any_on_host(info)
+            if any_failed:
                 failed = info != 0
                 # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises).
                 # Overwrite it with ones: read as lower-triangular (the only triangle used) that is a
                 # unit-diagonal factor with log-determinant 0, the fallback value, and a small finite inverse.
                 # In place, so the factor keeps the column-major layout cholesky_inverse reads without a copy.
                 chol.masked_fill_(per_matrix(failed), 1.0)
-            pivots = chol.diagonal(dim1=-2, dim2=-1)
-            factored = pivots.log().sum(-1)
-            if largest_trace is not None and failed is None:
-                leading = pivots if pivots.shape[-1] == k else pivots[..., :k]
-                if _host.needs_float64(x, mode, largest_trace, leading, factored):
-                    # The rows give the float64 QR route (never fails, 1e-6 at any scale); its factor
-                    # serves the backward as well.
+            factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            if bounds is not None:
+                factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
+                rate, series_error = factored, None
+                if use_series is not None:
+                    rate = torch.where(use_series, series, factored)
+                    series_error = torch.where(use_series, norm**3 / 6, -1.0)
+                check = _host.check_float32(
+                    x, mode, bounds, scaled_trace, series_error, factor, rate, info, any_failed
+                )
+                inverse = check.inverse
+                if check.redo:
+                    # On CPU an inaccurate or failed float32 factor is redone from the rows by the float64 QR
+                    # route (never fails, 1e-6 at any scale), for the whole batch; its factor serves the
+                    # backward.
                     chol = _qr_factor(x.double(), _in_float64(scale), n_side)
+                    info, failed, inverse = torch.zeros_like(info), None, None
+                    redone = True
                     factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1).to(x.dtype)
         probe: Tensor | None = None
         value = factored
-        if not regular:
-            series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
-            value = torch.where(scaled_trace < threshold, series, factored)
+        if use_series is not None:
+            if not redone:  # the float64 factor beats the series at any trace
+                value = torch.where(use_series, series, factored)
             # 0 for finite input and NaN otherwise: non-finite input comes out as NaN whatever the
             # factorization did (LAPACK flags NaN as a failure, cuSOLVER need not).
             probe = scaled_trace - scaled_trace
             value = value.add_(probe)
 
         # A tensor scale is saved (version-checked); a float one travels on ctx. ``failed`` and ``probe`` are
-        # None when the host read showed their branch does not apply (save_for_backward accepts None).
-        saved = (x, chol, failed, probe, *([scale] if isinstance(scale, Tensor) else []))
+        # None when the host read showed their branch does not apply (save_for_backward accepts None);
+        # ``inverse`` is M⁻¹ when the accuracy check already formed it.
+        saved = (x, chol, failed, probe, inverse, *([scale] if isinstance(scale, Tensor) else []))
         ctx.save_for_backward(*saved)  # type: ignore[arg-type]
         ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
         ctx.layout = (n_side, mode, group, k, rank * local_n, local_n)  # type: ignore[attr-defined]
@@ -223,12 +248,12 @@ class _GramHalfLogdet(torch.autograd.Function):
             )
         if grad_value is None:
             return None, None, None, None, None, None
-        x, chol, failed, probe, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
+        x, chol, failed, probe, inverse, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
         # The backward runs under the autocast state around the backward() call, not the forward's.
         if not torch.is_autocast_enabled(x.device.type):
-            return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, scale_tensor)
+            return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, inverse, scale_tensor)
         with float32_island(x.device):
-            return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, scale_tensor)
+            return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, inverse, scale_tensor)
 
     @staticmethod
     def _gradient(
@@ -238,6 +263,7 @@ class _GramHalfLogdet(torch.autograd.Function):
         chol: Tensor,
         failed: Tensor | None,
         probe: Tensor | None,
+        inverse: Tensor | None,
         scale_tensor: list[Tensor],
     ) -> tuple[Tensor | None, ...]:
         n_side, mode, group, k, first_row, local_n = ctx.layout  # type: ignore[attr-defined]
@@ -254,9 +280,13 @@ class _GramHalfLogdet(torch.autograd.Function):
         elif probe is not None:
             coef = coef + probe
         # M⁻¹ is symmetric and comes back column-major: its transpose is the same matrix, row-major, which
-        # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor.
-        factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
-        inverse = _spd_inverse(factor).mT.mul_(per_matrix(coef))
+        # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor. A saved
+        # M⁻¹ is scaled out of place, so a second backward (retain_graph) finds it unchanged.
+        if inverse is None:
+            factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
+            inverse = _spd_inverse(factor).mT.mul_(per_matrix(coef))
+        else:
+            inverse = inverse.mT * per_matrix(coef)
         # A float64 factor (the CPU recompute of an inaccurate float32 rate) keeps the product in float64 too:
         # there M⁻¹X is a small difference of large terms, which float32 would not resolve.
         rows = x if inverse.dtype == x.dtype else x.to(inverse.dtype)
