@@ -53,6 +53,7 @@ from common import (
     rotate,
     rotation_actions,
 )
+from common.checks import check_encoder, check_min, check_range
 from common.cli import launch
 from common.evaluation import (
     ROTATION_SINCOS,
@@ -115,10 +116,19 @@ class ModelConfig:
     ema_tau: float = 0.996
     ema_tau_end: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_encoder("model.", self.conv_widths, self.ema_tau, self.ema_tau_end)
+        check_min(
+            "model.", 1, action_embed_dim=self.action_embed_dim, num_layers=self.num_layers,
+            num_heads=self.num_heads, dim_feedforward=self.dim_feedforward,
+            predictor_hidden=self.predictor_hidden,
+        )  # fmt: skip
+        check_range("model.", 0.0, 1.0, include_high=False, dropout=self.dropout)
+
 
 @dataclass(frozen=True)
 class SeqConfig:
-    """Rotation sequences: ``M`` observations (another ``M`` may be used for evaluation), action codes
+    """Rotation sequences: ``M >= 2`` observations (another ``M`` may be used for evaluation), action codes
     (``auto``: ``sincos``, or ``onehot`` for ``symmetric_rate``), and per-view crop / flip."""
 
     num_observations: int = 3
@@ -128,9 +138,10 @@ class SeqConfig:
     flip: bool = False
 
     def __post_init__(self) -> None:
-        for m in (self.num_observations, self.eval_num_observations or 1):
-            if m < 1:
-                raise ValueError(f"the number of observations must be >= 1, got {m}")
+        check_min(
+            "seq.", 2, reason=" (the rotation probe compares observed views 0 and 1)",
+            num_observations=self.num_observations, eval_num_observations=self.eval_num_observations,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,16 @@ class TrainConfig(RunConfig):
             raise ValueError(
                 "variant symmetric_rate inverts actions by negation, which is wrong for sincos codes "
                 "(the identity becomes 180 degrees): use seq.actions=onehot or auto"
+            )
+
+    def validate(self) -> None:
+        super().validate()
+        m = self.model
+        width = (512 if m.encoder == "resnet18" else m.conv_widths[-1]) + m.action_embed_dim
+        if width % m.num_heads:
+            raise ValueError(
+                f"model.num_heads={m.num_heads} must divide the aggregator width {width} (encoder features "
+                f"+ model.action_embed_dim={m.action_embed_dim})"
             )
 
     @property
@@ -300,9 +321,11 @@ def train(cfg: TrainConfig, ctx: RunContext, data: CifarData, stop_after: int | 
     def encode(split_images: Tensor, salt: int) -> dict[str, Tensor]:
         """z_AGG, z_0, z_1 of fixed (seeded) evaluation sequences of every image, in eval mode."""
         model.eval()
+        # One draw for the whole split, so that each image's sequence is the same for any eval.batch_size.
+        all_turns = draw_rotations(split_images.shape[0], eval_views, step_seed(cfg.eval.seed, salt))
 
         def batch(idx: Tensor) -> dict[str, Tensor]:
-            turns = draw_rotations(len(idx), eval_views, step_seed(cfg.eval.seed, int(idx[0]), salt))
+            turns = all_turns[idx]
             views = rotation_views(split_images[idx.to(device)], turns, cfg.seq, augment=False)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 out = model(views, rotation_actions(turns.to(device), cfg.action_kind))

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from common import CONFIG_DIR, CifarData, normalize
 from common.augment import AugmentConfig, augment
+from common.checks import check_encoder, check_min
 from common.cli import launch
 from common.evaluation import accuracy, classification_metrics, collect_features
 from common.loop import StepOutput, TrainingLoop
@@ -72,6 +73,11 @@ class NetConfig:
     pred_hidden: int = 64
     ema_tau: float = 0.99
     ema_tau_end: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_encoder("model.", self.conv_widths, self.ema_tau, self.ema_tau_end)
+        sizes = {"proj_dim": self.proj_dim, "proj_hidden": self.proj_hidden, "pred_hidden": self.pred_hidden}
+        check_min("model.", 1, **sizes)
 
 
 @dataclass(frozen=True)

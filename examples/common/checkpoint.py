@@ -1,18 +1,16 @@
 """Atomic checkpoints loadable with ``weights_only=True``, and RNG states stored as tensors.
 
 A checkpoint is written to a temporary file in the destination folder, flushed and fsynced, then moved over
-the destination with ``os.replace`` (atomic on POSIX and Windows), so a crash or Ctrl-C mid-write leaves the
-previous checkpoint intact. Loading uses ``torch.load(weights_only=True)``, which unpickles only tensors and
-plain containers/scalars: checkpoints must hold ``state_dict()`` s, ints, floats, strings, ``None``, and
-lists/tuples/dicts of those (convert configs with ``config_to_dict``), never arbitrary objects.
+the destination with ``os.replace`` (atomic on POSIX and Windows; see :func:`common.atomic.atomic_write`), so
+a crash or Ctrl-C mid-write leaves the previous checkpoint intact and no temporary file behind. Loading uses
+``torch.load(weights_only=True)``, which unpickles only tensors and plain containers/scalars: checkpoints
+must hold ``state_dict()`` s, ints, floats, strings, ``None``, and lists/tuples/dicts of those (convert
+configs with ``config_to_dict``), never arbitrary objects.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,24 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
+
 __all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "seed_all", "set_rng_state"]
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable. Some platforms and file systems cannot fsync a directory; the file
-    # itself is already on disk then, so that is not worth failing a checkpoint for.
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Saves ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``).
+    """Saves ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``), with
+    the permissions of an ordinary new file (``0o666`` less the umask).
 
     Args:
         state: Tensors, numbers, strings, ``None`` and containers of them.
@@ -58,20 +46,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         3
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path, "wb", durable=True) as handle:
+        torch.save(state, handle)
     return path
 
 

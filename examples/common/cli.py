@@ -2,8 +2,8 @@
 
 Every trainer takes ``--config``/``--preset NAME_OR_PATH``, repeatable ``--set KEY=VALUE``, ``--variant``,
 ``--name``, ``--resume RUN_DIR``, ``--stop-after STEPS`` and ``--overwrite``; :func:`launch` turns the
-expected failures (a bad key or value, missing data, an existing run folder, a NaN loss) into one-line
-errors instead of tracebacks.
+expected failures (a bad flag, key or value, missing or malformed data, an existing run folder, a resume
+that does not fit its checkpoint, a NaN loss) into ``error: ...`` messages instead of tracebacks.
 """
 
 from __future__ import annotations
@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG_DIR, ConfigError, add_config_arguments, load_config
-from .data import CifarData, DataNotFoundError, load_cifar10
+from .data import CifarData, load_cifar10
 from .dist import cleanup
 from .loop import NonFiniteLossError
 from .outputs import RunDir
-from .run import RunContext, RunExistsError, start_run
+from .run import RunContext, start_run
 
 __all__ = ["build_parser", "launch", "resolve_config"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser(
@@ -41,7 +51,7 @@ def build_parser(
         help="continue the run in RUN_DIR from its last.pt, with its saved config (plus any --set)",
     )  # fmt: skip
     parser.add_argument(
-        "--stop-after", type=int, default=None, metavar="STEPS",
+        "--stop-after", type=_positive_int, default=None, metavar="STEPS",
         help="save a checkpoint and stop once STEPS global steps are done (resume with --resume)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -50,7 +60,10 @@ def build_parser(
 
 def resolve_config(cls: type[Any], args: argparse.Namespace, config_dir: Path = CONFIG_DIR) -> Any:
     """The config: the preset (or the resumed run's ``config.yaml``), then ``--variant``, ``--set`` and
-    ``--name``.
+    ``--name``; then the config's checks across keys (``validate()``).
+
+    Relative data paths in a preset are relative to the repository root; those given with ``--set``, to the
+    working directory (see :mod:`common.config`). A resumed run's saved paths are used as recorded.
 
     Raises:
         ConfigError: Unknown preset or key, bad value, or a ``--resume`` folder without ``config.yaml``.
@@ -63,8 +76,14 @@ def resolve_config(cls: type[Any], args: argparse.Namespace, config_dir: Path = 
         saved = Path(args.resume) / RunDir.CONFIG
         if not saved.is_file():
             raise ConfigError(f"cannot resume '{args.resume}': it has no {RunDir.CONFIG}")
-        return load_config(cls, saved, overrides)
-    return load_config(cls, args.config, overrides, config_dir=config_dir)
+        cfg = load_config(cls, saved, overrides, path_base=None)
+    else:
+        cfg = load_config(cls, args.config, overrides, config_dir=config_dir)
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return cfg
 
 
 def launch(
@@ -94,8 +113,9 @@ def launch(
         ``train``'s exit code.
 
     Raises:
-        SystemExit: With code 2 for a bad flag, key or value (argparse's usage error), or with a one-line
-            ``error: ...`` message for missing data, an existing run folder or a NaN/Inf loss.
+        SystemExit: With code 2 for a bad flag, key or value (argparse's usage error), or with an
+            ``error: ...`` message (exit code 1) for missing or malformed data, data too small for the
+            batch, an existing run folder, a resume that does not fit its checkpoint, or a NaN/Inf loss.
     """
     parser = build_parser(description, default_preset, variants, config_dir)
     args = parser.parse_args(argv)
@@ -106,11 +126,13 @@ def launch(
     if cfg.name is None:
         cfg = dataclasses.replace(cfg, name=f"{name_prefix}{Path(str(args.config)).stem}-{cfg.variant}")
     try:
-        data = load_cifar10(cfg.data)
-        ctx = start_run(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (DataNotFoundError, RunExistsError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
-    try:
+        try:
+            data = load_cifar10(cfg.data)
+            ctx = start_run(cfg, resume=args.resume, overwrite=args.overwrite, num_samples=len(data.train))
+        # Before training, these are all about the user's files and settings (DataNotFoundError,
+        # DataFormatError, RunExistsError, ResumeError, sizes that do not fit), and each message names them.
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
         return train(cfg, ctx, data, args.stop_after)
     except NonFiniteLossError as err:
         raise SystemExit(f"error: {err}") from None

@@ -7,6 +7,7 @@ also nest them as mappings. Resolution order: the dataclass defaults, then the p
 order. Every value is checked against its field's type (strings are coerced: ``true/false/yes/no/on/off/1/0``
 for bools, ``none``/``null``/``~``/empty for ``None``, ``1,2,3`` or ``[1, 2, 3]`` for sequences), and an
 unknown key is an error that names it and suggests the closest valid one.
+Path fields (:func:`common.paths.path_field`) are recorded as absolute paths; see :mod:`common.paths`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .paths import REPO_ROOT, absolute_path, is_path_field
+
 __all__ = [
     "CONFIG_DIR",
+    "REPO_ROOT",
     "ConfigError",
     "add_config_arguments",
     "apply_overrides",
@@ -203,9 +207,14 @@ def _flatten(
     return items
 
 
-def _set(cfg: Any, path: list[str], value: Any, key: str) -> Any:
+def _set(cfg: Any, path: list[str], value: Any, key: str, base: Path | None = None) -> Any:
     tp = _fields(type(cfg))[path[0]]
-    new = _coerce(value, tp, key) if len(path) == 1 else _set(getattr(cfg, path[0]), path[1:], value, key)
+    if len(path) > 1:
+        new = _set(getattr(cfg, path[0]), path[1:], value, key, base)
+    else:
+        new = _coerce(value, tp, key)
+        if base is not None and isinstance(new, str) and new and is_path_field(type(cfg), path[0]):
+            new = absolute_path(new, base)
     try:
         return dataclasses.replace(cfg, **{path[0]: new})
     except (TypeError, ValueError) as err:
@@ -213,9 +222,9 @@ def _set(cfg: Any, path: list[str], value: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}' = {value!r}: {err}") from err
 
 
-def _apply(cfg: C, items: list[tuple[str, Any]]) -> C:
+def _apply(cfg: C, items: list[tuple[str, Any]], base: Path | None = None) -> C:
     for key, value in items:
-        cfg = _set(cfg, key.split("."), value, key)
+        cfg = _set(cfg, key.split("."), value, key, base)
     return cfg
 
 
@@ -293,6 +302,7 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     config_dir: str | Path = CONFIG_DIR,
+    path_base: str | Path | None = REPO_ROOT,
 ) -> C:
     """Builds a config: ``cls()`` defaults, then the YAML preset, then ``--set`` overrides.
 
@@ -301,6 +311,9 @@ def load_config(
         preset: A preset name (``examples/configs/<name>.yaml``), a YAML path, or ``None``.
         overrides: ``key=value`` strings applied last, in order.
         config_dir: Where named presets are looked up.
+        path_base: What relative path fields of the preset (:mod:`common.paths`) are relative to (those
+            of ``overrides`` are relative to the working directory); ``None`` keeps the preset's values as
+            they are (a saved run config, whose paths were recorded as given).
 
     Returns:
         The resolved config instance.
@@ -319,8 +332,8 @@ def load_config(
             raise ConfigError(
                 f"{path}: a preset must be a mapping of keys to values, got {type(data).__name__}"
             )
-        cfg = _apply(cfg, _flatten(data, cls, str(path), cls))
-    return _apply(cfg, _flatten(dict(parse_overrides(overrides)), cls, "--set", cls))
+        cfg = _apply(cfg, _flatten(data, cls, str(path), cls), None if path_base is None else Path(path_base))
+    return _apply(cfg, _flatten(dict(parse_overrides(overrides)), cls, "--set", cls), Path.cwd())
 
 
 def _plain(value: Any) -> Any:

@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import check_min
+from .npz import DataFormatError, read_image_arrays
+from .paths import path_field
 from .splits import balanced_split, balanced_subset, default_holdout_size
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "EMBEDDED_SUBSET",
     "CifarData",
     "DataConfig",
+    "DataFormatError",
     "DataNotFoundError",
     "ImageSplit",
     "load_cifar10",
@@ -91,14 +95,17 @@ class DataConfig:
             different seeds are evaluated on the same images.
     """
 
-    train_npz: str | None = None
-    test_npz: str | None = None
-    data_dir: str | None = None
+    train_npz: str | None = path_field()
+    test_npz: str | None = path_field()
+    data_dir: str | None = path_field()
     download: bool = False
     holdout: int | None = None
     train_size: int | None = None
     test_size: int | None = None
     split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_min("data.", 0, holdout=self.holdout, train_size=self.train_size, test_size=self.test_size)
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,32 @@ def _missing(what: str, path: Path) -> DataNotFoundError:
     return DataNotFoundError(f"{what} not found: '{path}'.\n{_HOW_TO_PROVIDE}")
 
 
+def _load_npz(path: str | Path, what: str) -> tuple[ImageSplit, tuple[str, ...], bool]:
+    """:func:`load_npz`, also saying whether the file named its classes."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _missing(what, path)
+    x, y, classes_arr = read_image_arrays(path, what)
+    num_classes = int(y.max()) + 1
+    if classes_arr is not None:
+        classes = tuple(str(c) for c in classes_arr.tolist())
+    elif num_classes <= len(CIFAR10_CLASSES):
+        classes = CIFAR10_CLASSES
+    else:
+        classes = tuple(str(i) for i in range(num_classes))
+    if num_classes > len(classes):
+        raise DataFormatError(
+            f"{what} '{path}': label {num_classes - 1} out of range for {len(classes)} classes"
+        )
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(y.astype(np.int64, copy=False))
+    return ImageSplit(images, labels), classes, classes_arr is not None
+
+
 def load_npz(path: str | Path, *, what: str = "CIFAR-10 npz") -> tuple[ImageSplit, tuple[str, ...]]:
     """Loads an npz with ``x`` uint8 ``(N, H, W, 3)`` and ``y`` integer ``(N,)`` into NCHW uint8 tensors.
+
+    The file is read with ``allow_pickle=False``: it must hold plain arrays only.
 
     Args:
         path: The npz file.
@@ -164,35 +195,49 @@ def load_npz(path: str | Path, *, what: str = "CIFAR-10 npz") -> tuple[ImageSpli
 
     Raises:
         DataNotFoundError: ``path`` does not exist (the message lists the ways to provide the data).
-        ValueError: The arrays are missing or have the wrong dtype, shape or label range.
+        DataFormatError: The file is not a readable npz (a ``.npy``, a damaged archive, pickled objects), an
+            array is missing, or the arrays have the wrong dtype, shape or label range, or hold no images.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise _missing(what, path)
-    with np.load(path, allow_pickle=False) as archive:
-        for key in ("x", "y"):
-            if key not in archive.files:
-                raise ValueError(f"{path}: missing array '{key}' (found {sorted(archive.files)})")
-        x, y = archive["x"], archive["y"]
-        classes_arr = archive["classes"] if "classes" in archive.files else None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"{path}: x must be uint8 of shape (N, H, W, 3) (HWC), got {x.dtype} {x.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],):
-        raise ValueError(f"{path}: y must be integer of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
-    if y.size and int(y.min()) < 0:
-        raise ValueError(f"{path}: labels must be >= 0, got min {int(y.min())}")
-    num_classes = int(y.max()) + 1 if y.size else 0
-    if classes_arr is not None:
-        classes = tuple(str(c) for c in classes_arr.tolist())
-    elif num_classes <= len(CIFAR10_CLASSES):
-        classes = CIFAR10_CLASSES
+    split, classes, _ = _load_npz(path, what)
+    return split, classes
+
+
+def _check_test_split(
+    test: ImageSplit, test_classes: tuple[str, ...] | None, train: ImageSplit, classes: tuple[str, ...],
+    train_named: bool, where: str,
+) -> None:  # fmt: skip
+    """Rejects a test split that the training data cannot be evaluated against (``test_classes``: the names
+    the test file gives, if any; ``train_named``: whether ``classes`` are the training data's own names)."""
+    if test.images.shape[1:] != train.images.shape[1:]:
+        size, train_size = ("x".join(map(str, s.images.shape[2:])) for s in (test, train))
+        raise DataFormatError(f"{where}: images are {size} but the training images are {train_size}")
+    if int(test.labels.max()) >= len(classes):
+        raise DataFormatError(
+            f"{where}: label {int(test.labels.max())} is outside the {len(classes)} classes of the training "
+            "data"
+        )
+    # Only names given on both sides can be compared; a silent remap would hide a mislabelled file.
+    if train_named and test_classes is not None and test_classes != classes:
+        relation = "are in another order than" if sorted(test_classes) == sorted(classes) else "differ from"
+        raise DataFormatError(
+            f"{where}: its classes ({', '.join(test_classes)}) {relation} the training data's "
+            f"({', '.join(classes)}), so its labels would be misread; store it with the training classes"
+        )
+
+
+def _check_sizes(cfg: DataConfig, train: ImageSplit, test: ImageSplit, test_name: str) -> None:
+    """Rejects splits too small to train or evaluate on, naming the setting that made them so."""
+    if len(train) == 0:
+        raise ValueError("no training images are left: lower data.holdout or raise data.train_size")
+    if len(test) >= 2:
+        return
+    if cfg.test_size is not None:
+        cause = f"data.test_size={cfg.test_size} leaves"
+    elif test_name == "hold-out":
+        cause = f"data.holdout={cfg.holdout} leaves"
     else:
-        classes = tuple(str(i) for i in range(num_classes))
-    if num_classes > len(classes):
-        raise ValueError(f"{path}: label {num_classes - 1} out of range for {len(classes)} classes")
-    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.from_numpy(y.astype(np.int64, copy=False))
-    return ImageSplit(images, labels), classes
+        cause = "the test split has"
+    raise ValueError(f"{cause} {len(test)} {test_name} image(s); the evaluation needs at least 2")
 
 
 def load_torchvision(root: str | Path, *, train: bool, download: bool = False) -> ImageSplit:
@@ -232,22 +277,28 @@ def load_cifar10(config: DataConfig | None = None) -> CifarData:
 
     Raises:
         DataNotFoundError: A configured file or folder does not exist (the message says how to provide it).
-        ValueError: Malformed arrays, or sizes that the data cannot satisfy.
+        DataFormatError: An unreadable or malformed file, or a test split that does not match the training
+            data (image size, labels outside its classes, class names in another order).
+        ValueError: Sizes that the data cannot satisfy, or that leave no training images or fewer than 2
+            evaluation images.
     """
     cfg = config or DataConfig()
     test: ImageSplit | None = None
     if cfg.train_npz is not None:
-        train, classes = load_npz(cfg.train_npz, what="training npz (data.train_npz)")
+        train, classes, named = _load_npz(cfg.train_npz, "training npz (data.train_npz)")
         source = f"npz {Path(cfg.train_npz).name}"
     elif cfg.data_dir is not None:
         train = load_torchvision(cfg.data_dir, train=True, download=cfg.download)
         test = load_torchvision(cfg.data_dir, train=False, download=cfg.download)
-        classes, source = CIFAR10_CLASSES, f"torchvision CIFAR10 {cfg.data_dir}"
+        classes, named, source = CIFAR10_CLASSES, True, f"torchvision CIFAR10 {cfg.data_dir}"
     else:
-        train, classes = load_npz(EMBEDDED_SUBSET, what="embedded subset")
+        train, classes, named = _load_npz(EMBEDDED_SUBSET, "embedded subset")
         source = f"embedded subset {EMBEDDED_SUBSET.name}"
     if cfg.test_npz is not None:
-        test, _ = load_npz(cfg.test_npz, what="test npz (data.test_npz)")
+        what = "test npz (data.test_npz)"
+        test, test_classes, test_named = _load_npz(cfg.test_npz, what)
+        where = f"{what} '{Path(cfg.test_npz).expanduser()}'"
+        _check_test_split(test, test_classes if test_named else None, train, classes, named, where)
         source += f" + test npz {Path(cfg.test_npz).name}"
 
     if test is None:
@@ -263,6 +314,7 @@ def load_cifar10(config: DataConfig | None = None) -> CifarData:
         train = train.select(balanced_subset(train.labels, cfg.train_size, cfg.split_seed + 1))
     if cfg.test_size is not None:
         test = test.select(balanced_subset(test.labels, cfg.test_size, cfg.split_seed + 2))
+    _check_sizes(cfg, train, test, test_name)
     description = f"{source}: {len(train)} train / {len(test)} {test_name} (split_seed {cfg.split_seed})"
     return CifarData(train=train, test=test, classes=classes, description=description)
 

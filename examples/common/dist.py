@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .checks import check_device
+
 __all__ = [
     "DistInfo",
     "all_reduce_mean",
@@ -70,10 +72,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     Raises:
         ValueError: Unknown ``device``, CUDA requested but unavailable, or malformed torchrun variables.
     """
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available")
     world_size = _env_int("WORLD_SIZE", 1)

@@ -22,8 +22,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_to_dict, dump_config
 
@@ -65,17 +64,11 @@ def jsonable(value: Any) -> Any:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file and ``os.replace`` (readers never see half)."""
+    """Writes ``text`` to ``path`` through a temporary file and ``os.replace`` (readers never see half; see
+    :func:`common.atomic.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
     return path
 
 

@@ -45,8 +45,8 @@ class RateConfig:
             constant); or ``"warmup_cosine"`` (linear warmup, then half-cosine to ``final_weight``).
         warmup_epochs: Warmup length in epochs (fractions allowed).
         final_weight: End value of ``"warmup_cosine"``.
-        eps: ``eps`` of :func:`jepa_rate.coding_rate` (as eps²); exclusive with ``alpha``.
-        alpha: Scale ``a = alpha / n``; exclusive with ``eps``.
+        eps: ``eps`` of :func:`jepa_rate.coding_rate` (as eps²), > 0; exclusive with ``alpha``.
+        alpha: Scale ``a = alpha / n``, > 0; exclusive with ``eps``.
         center: Subtract the batch mean (the global mean under DDP) first.
         normalize: L2-normalize each row first.
     """
@@ -69,6 +69,10 @@ class RateConfig:
             raise ValueError(
                 f"set exactly one of rate.eps and rate.alpha, got eps={self.eps}, alpha={self.alpha}"
             )
+        for name in ("eps", "alpha"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"rate.{name} must be a finite number > 0, got {value!r}")
 
     def loss(self, *, gather_distributed: bool = False) -> MonitoredRate:
         """The monitored :class:`jepa_rate.CodingRateLoss` with these settings (weight 1)."""

@@ -21,6 +21,7 @@ from common.config import (
     load_config,
 )
 from common.data import DataConfig
+from common.paths import REPO_ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,3 +149,23 @@ def test_argparse_helpers(tmp_path: Path) -> None:
     args = parser.parse_args(["--set", "optim.lr=0.5", "--set", "name=x"])
     cfg = config_from_args(TrainConfig, args, config_dir=tmp_path)
     assert (cfg.epochs, cfg.optim.lr, cfg.name) == (3, 0.5, "x")
+
+
+def test_relative_preset_paths_start_at_the_repository_root_and_set_paths_at_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cifar_rot_train
+
+    monkeypatch.chdir(tmp_path)  # anywhere but the repository root
+    shared = REPO_ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_train.npz"
+    # The cpu preset's comment says its npz path is relative to the repository root.
+    assert load_config(cifar_rot_train.TrainConfig, "cpu").data.train_npz == str(shared)
+    (tmp_path / "p.yaml").write_text("data:\n  train_npz: ../shared/data/cifar10/cifar10_train.npz\n")
+    cfg = load_config(TrainConfig, "p", ["data.test_npz=sub/test.npz"], config_dir=tmp_path)
+    assert cfg.data.train_npz == str(shared) and cfg.data.test_npz == str(tmp_path / "sub" / "test.npz")
+    saved = load_config(TrainConfig, "p", config_dir=tmp_path, path_base=None)  # a run's config: as recorded
+    assert saved.data.train_npz == "../shared/data/cifar10/cifar10_train.npz"
+    absolute = str(tmp_path / "x.npz")
+    assert load_config(TrainConfig, None, [f"data.train_npz={absolute}", "data.data_dir=none"]).data == (
+        DataConfig(train_npz=absolute)
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.data import (
+    CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
     EMBEDDED_SUBSET,
     DataConfig,
+    DataFormatError,
     DataNotFoundError,
     load_cifar10,
     load_npz,
@@ -192,3 +196,97 @@ def test_normalize_validates() -> None:
         normalize(torch.zeros(2, 4, 5, 5, dtype=torch.uint8))
     with pytest.raises(TypeError, match="uint8 or floating"):
         normalize(torch.zeros(2, 3, 5, 5, dtype=torch.int32))
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 4)
+
+
+def _truncated(path: Path) -> None:
+    _write_npz(path, 2)
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+def _npy(path: Path) -> None:
+    with path.open("wb") as handle:  # np.save would append .npy to the name
+        np.save(handle, np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def _objects(path: Path) -> None:
+    np.savez(path, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, np.int64))
+
+
+def _empty(path: Path) -> None:
+    np.savez(path, x=np.zeros((0, 32, 32, 3), np.uint8), y=np.zeros(0, np.int64))
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (_garbage, "is not an npz archive"),
+        (_truncated, "is a damaged or truncated npz archive"),
+        (_npy, "is a single .npy array, not an npz archive"),
+        (_objects, "holds an array that cannot be loaded safely"),
+        (_empty, "holds no images"),
+    ],
+)
+def test_malformed_files_are_one_error_that_names_the_file(tmp_path: Path, write: Any, message: str) -> None:
+    path = tmp_path / "train.npz"
+    write(path)
+    with pytest.raises(DataFormatError, match=re.escape(message)) as info:
+        load_cifar10(DataConfig(train_npz=str(path)))
+    assert f"training npz (data.train_npz) '{path}'" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_channels_first_images_get_a_hint(tmp_path: Path) -> None:
+    np.savez(tmp_path / "chw.npz", x=np.zeros((4, 3, 32, 32), np.uint8), y=np.zeros(4, np.int64))
+    with pytest.raises(DataFormatError, match="looks channels-first: transpose it to HWC"):
+        load_npz(tmp_path / "chw.npz")
+
+
+@pytest.mark.parametrize(
+    ("test_kwargs", "message"),
+    [
+        ({"size": 64}, "images are 64x64 but the training images are 32x32"),
+        ({"labels": 12}, "label 12 is outside the 10 classes of the training data"),
+        ({"classes": CIFAR10_CLASSES[::-1]}, "are in another order than the training data's"),
+        ({"classes": tuple("abcdefghij")}, "differ from the training data's"),
+    ],
+)
+def test_test_npz_must_match_the_training_data(
+    tmp_path: Path, test_kwargs: dict[str, Any], message: str
+) -> None:
+    train = _write_npz(tmp_path / "train.npz", 4, classes=np.array(CIFAR10_CLASSES))
+    y = np.repeat(np.arange(10), 2)
+    if "labels" in test_kwargs:
+        y[-1] = test_kwargs["labels"]
+    size = test_kwargs.get("size", 32)
+    extra = {"classes": np.array(test_kwargs["classes"])} if "classes" in test_kwargs else {}
+    test = tmp_path / "test.npz"
+    np.savez(test, x=np.zeros((y.size, size, size, 3), np.uint8), y=y, **extra)
+    with pytest.raises(DataFormatError, match=re.escape(message)) as info:
+        load_cifar10(DataConfig(train_npz=str(train), test_npz=str(test)))
+    assert f"test npz (data.test_npz) '{test}'" in str(info.value)
+    # The same names in the same order, or no names in the test file, are fine.
+    np.savez(test, x=np.zeros((20, 32, 32, 3), np.uint8), y=np.repeat(np.arange(10), 2))
+    assert len(load_cifar10(DataConfig(train_npz=str(train), test_npz=str(test))).test) == 20
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"holdout": 0}, "data.holdout=0 leaves 0 hold-out image(s); the evaluation needs at least 2"),
+        ({"holdout": 40, "test_size": 0}, "data.test_size=0 leaves 0 hold-out image(s)"),
+        ({"holdout": 40, "test_size": 1}, "data.test_size=1 leaves 1 hold-out image(s)"),
+        ({"holdout": 40, "train_size": 0}, "no training images are left"),
+    ],
+)
+def test_splits_too_small_to_train_or_evaluate_are_rejected(overrides: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_cifar10(DataConfig(**overrides))
+
+
+def test_negative_sizes_are_rejected_by_the_config() -> None:
+    with pytest.raises(ValueError, match=r"data\.test_size must be >= 0, got -1"):
+        DataConfig(test_size=-1)

@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "common.augment",
     "common.checkpoint",
+    "common.checks",
     "common.config",
     "common.data",
     "common.diagnostics",
@@ -18,7 +19,9 @@ MODULES = [
     "common.interrupt",
     "common.loader",
     "common.loop",
+    "common.npz",
     "common.optim",
+    "common.paths",
     "common.outputs",
     "common.plots",
     "common.probes",

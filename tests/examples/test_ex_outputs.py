@@ -85,6 +85,22 @@ def test_failed_rename_leaves_the_previous_checkpoint_intact(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_checkpoint_and_summary_get_the_permissions_of_a_normal_file(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        run = RunDir(tmp_path / "r")
+        run.save_checkpoint({"step": 1})
+        run.write_summary({"acc": 0.5})
+        (tmp_path / "plain").write_text("")  # what open() gives a new file under this umask
+    finally:
+        os.umask(previous)
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for path in (run.checkpoint, run.summary_json):
+        assert path.stat().st_mode & 0o777 == expected, path.name
+
+
 def test_missing_checkpoint_message(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no checkpoint 'last\.pt'"):
         RunDir(tmp_path / "r").load_checkpoint()

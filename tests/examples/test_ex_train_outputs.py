@@ -12,6 +12,7 @@ from test_ex_train_smoke import train_tiny
 import cifar_rot_train
 import compare_runs
 from common.checkpoint import load_checkpoint
+from common.outputs import read_jsonl
 
 
 def test_symmetric_variant_uses_one_hot_actions_and_rejects_sincos(
@@ -48,3 +49,15 @@ def test_evaluation_length_can_differ_from_training(tmp_path: Path) -> None:
     assert 0.0 <= summary["offline"]["z_agg"]["linear_acc"] <= 1.0
     state = load_checkpoint(run / "last.pt")["state"]["model"]
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_evaluation_does_not_depend_on_the_evaluation_batch_size(tmp_path: Path) -> None:
+    records = []
+    for batch in (64, 7):  # one batch of the 40 hold-out images, or six uneven ones
+        extra = ("--set", "epochs=1", "--set", "eval.offline=false", "--set", f"eval.batch_size={batch}")
+        run = train_tiny(tmp_path / str(batch), "teacherless_rate", *extra)
+        records.append([r for r in read_jsonl(run / "metrics.jsonl") if r["epoch"] == 1][-1])
+    a, b = records
+    assert a["online.rotation_acc"] == b["online.rotation_acc"]
+    for key in ("val_pred_loss", "online.rotation_r2", "online.linear_acc", "z_agg.effective_rank"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key

@@ -161,3 +161,23 @@ def test_an_existing_run_is_not_overwritten_by_accident(
     with pytest.raises(SystemExit):
         cifar_rot_train.main(["--resume", str(tmp_path)])
     assert f"cannot resume '{tmp_path}': it has no config.yaml" in capsys.readouterr().err
+
+
+def test_a_refused_resume_leaves_the_run_resumable(tmp_path: Path) -> None:
+    run = tmp_path / "r1"
+    argv = _argv(tmp_path, "r1", "--set", "eval.offline=false", "--stop-after", "2")
+    assert cifar_rot_train.main(argv) == 0
+    saved = {name: (run / name).read_bytes() for name in ("config.yaml", "config.json")}
+    for extra, changed in (
+        (["--set", "batch_size=8"], "batch_size=8 (saved 16)"),
+        (["--variant", "ema"], "variant='ema' (saved 'ema_rate')"),
+        (["--name", "other"], "name='other' (saved 'r1')"),  # the folder keeps its name
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cifar_rot_train.main(["--resume", str(run), *extra])
+        assert str(exit_info.value.code).startswith(f"error: cannot resume '{run}' with {changed}: ")
+        assert {name: (run / name).read_bytes() for name in saved} == saved
+    # Keys that shape neither the saved state nor the data may change, and are recorded.
+    assert cifar_rot_train.main(["--resume", str(run), "--set", "optim.lr=1e-4"]) == 0
+    assert "lr: 0.0001" in (run / "config.yaml").read_text()
+    assert load_checkpoint(run / "last.pt")["step"] == 6
