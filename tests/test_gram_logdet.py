@@ -303,3 +303,24 @@ def test_full_rank_and_batched_features_at_large_q() -> None:
     out = gram_half_logdet(batch, a).rate
     expected = torch.stack([rate_reference(z.double(), a) for z in batch])
     assert_close(out.double(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("x", "scale", "kwargs", "error", "match"),
+    [
+        (torch.randn(4, 3).bfloat16(), 1.0, {}, TypeError, "float32 or float64 tensor, got torch.bfloat16"),
+        (torch.randn(2, 2, 4, 3), 1.0, {}, ValueError, r"\(n, d\) or \(B, n, d\), got \(2, 2, 4, 3\)"),
+        (torch.randn(4, 3), 1.0, {"mode": "sum"}, ValueError, "mode must be one of"),
+        (torch.randn(4, 3), 1.0, {"method": "lu"}, ValueError, "method must be one of"),
+        (torch.randn(4, 3), 1.0, {"fallback": "jitter"}, ValueError, "fallback must be one of"),
+        (torch.randn(4, 3), 1.0, {"method": "qr", "mode": "reduce"}, ValueError, "cannot be combined"),
+        (torch.randn(4, 3), -0.5, {}, ValueError, "scale must be a finite number >= 0, got -0.5"),
+        (torch.randn(2, 4, 3), torch.ones(3), {}, ValueError, r"shape \(2,\), dtype torch.float32"),
+        (torch.randn(4, 3), torch.ones((), requires_grad=True), {}, ValueError, "not differentiated"),
+    ],
+)
+def test_kernel_arguments_are_checked(
+    x: torch.Tensor, scale: object, kwargs: dict[str, str], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        gram_half_logdet(x, scale, **kwargs)  # type: ignore[arg-type]

@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from jepa_rate._validation import check_choice, check_nonnegative
 from jepa_rate.numerics import _host
 from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
 from jepa_rate.numerics.precision import float32_island, matmul_precision_reduced
@@ -334,6 +335,10 @@ def gram_half_logdet(
         for one set), and the ``failed`` mask as a property.
 
     Raises:
+        TypeError: If ``x`` is not float32/float64 or ``scale`` is neither a real number nor a tensor.
+        ValueError: For a bad shape, an unknown ``mode``/``method``/``fallback``, a negative float scale, a
+            scale tensor of the wrong shape, dtype or device or one that requires grad (it is not
+            differentiated), or ``method="qr"`` with ``mode="reduce"``.
         torch.linalg.LinAlgError: With ``fallback="raise"``, when a factorization fails.
 
     Shape:
@@ -348,8 +353,7 @@ def gram_half_logdet(
         >>> bool(torch.isclose(out.rate[0], ref))
         True
     """
-    if method == "qr" and mode == "reduce":
-        raise ValueError("method='qr' needs the rows of X; it cannot be combined with mode='reduce'")
+    _check_kernel_arguments(x, scale, mode, method, fallback)
     orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
     gram_in_float64 = x.dtype == torch.float32 and matmul_precision_reduced(x.device)
     with float32_island(x.device):
@@ -371,3 +375,26 @@ def gram_half_logdet(
         exact = _GramHalfLogdet.apply(x.double(), _in_float64(scale), mode, group, False, mode != "reduce")
         rate = torch.where(failed, exact[0].to(rate.dtype), rate)
     return GramLogdet(rate, info, scaled_trace)
+
+
+def _check_kernel_arguments(x: Tensor, scale: object, mode: str, method: str, fallback: str) -> None:
+    """The checks of :func:`gram_half_logdet`: Python-side only, so they cost no device sync."""
+    if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x must be a float32 or float64 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must have shape (n, d) or (B, n, d), got {tuple(x.shape)}")
+    check_choice(mode, "mode", ("local", "reduce", "gather"))
+    check_choice(method, "method", ("auto", "cholesky", "qr"))
+    check_choice(fallback, "fallback", FALLBACKS)
+    if method == "qr" and mode == "reduce":
+        raise ValueError("method='qr' needs the rows of X; it cannot be combined with mode='reduce'")
+    if isinstance(scale, Tensor):
+        if scale.shape != x.shape[:-2] or scale.dtype != x.dtype or scale.device != x.device:
+            raise ValueError(
+                f"a scale tensor must have shape {tuple(x.shape[:-2])}, dtype {x.dtype} and device "
+                f"{x.device} like x, got {tuple(scale.shape)}, {scale.dtype}, {scale.device}"
+            )
+        if scale.requires_grad:
+            raise ValueError("the scale is not differentiated: pass scale.detach()")
+    else:
+        check_nonnegative(scale, "scale")
