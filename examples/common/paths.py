@@ -10,6 +10,7 @@ same files wherever it is resumed or reloaded from.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def absolute_path(value: str, base: Path) -> str:
         >>> absolute_path("../shared/a.npz", Path("/repo")), absolute_path("/data/a.npz", Path("/repo"))
         ('/shared/a.npz', '/data/a.npz')
     """
-    # Only relative paths move; "~" counts as absolute, as it does for the loaders.
+    # Only relative paths move; "~" counts as absolute, as it does for the loaders. ``..`` is folded
+    # lexically, without resolving symlinks, so a linked data folder keeps the name the user sees.
     path = Path(value).expanduser()
-    return value if path.is_absolute() else str((base / path).resolve())
+    return value if path.is_absolute() else os.path.abspath(base / path)
