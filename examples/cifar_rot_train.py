@@ -24,7 +24,7 @@ with ``seq.actions=auto`` this variant uses one-hot codes (whose negations are d
 
 Usage::
 
-    python examples/cifar_rot_train.py                            # demo preset: embedded subset, ~3 min CPU
+    python examples/cifar_rot_train.py                            # demo preset: embedded subset, ~1 min CPU
     python examples/cifar_rot_train.py --config cpu --variant ema_rate
     python examples/cifar_rot_train.py --config demo --set optim.lr=3e-4 --set rate.weight=0.1
     torchrun --nproc_per_node=2 examples/cifar_rot_train.py --config cpu

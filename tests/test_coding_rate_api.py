@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -333,3 +335,36 @@ def test_views_give_the_values_and_gradients_of_contiguous_copies(
     expected.sum().backward()
     assert z.grad is not None and copy.grad is not None
     assert_close(z.grad, copy.grad, rtol=1e-10, atol=1e-14)
+
+
+_NEW_PRECISION_API = """
+import torch
+from jepa_rate import coding_rate
+from jepa_rate.numerics.precision import matmul_precision_reduced as reduced
+
+cpu, cuda = torch.device("cpu"), torch.device("cuda")
+seen = []
+for owner, value in [
+    (torch.backends.cuda.matmul, "tf32"),
+    (torch.backends.cuda.matmul, "ieee"),
+    (torch.backends.mkldnn.matmul, "bf16"),
+    (torch.backends.mkldnn.matmul, "none"),
+    (torch, "tf32"),
+]:
+    (torch.backends if owner is torch else owner).fp32_precision = value
+    seen.append((reduced(cpu), reduced(cuda)))
+    assert torch.isfinite(coding_rate(torch.randn(64, 32)))
+print(seen)
+"""
+
+
+def test_per_backend_fp32_precision_settings_are_read() -> None:
+    # Once a per-backend fp32_precision is set, PyTorch raises on the legacy queries for the rest of the
+    # process, so this runs in a fresh interpreter. "none" inherits from the level above.
+    out = subprocess.run(
+        [sys.executable, "-c", _NEW_PRECISION_API], capture_output=True, text=True, check=True, timeout=120
+    )
+    # The last global "tf32" reaches oneDNN (its settings are "none" again) but not cuBLAS, which was set
+    # to "ieee" explicitly.
+    expected = [(False, True), (False, False), (True, False), (False, False), (True, False)]
+    assert out.stdout.strip() == str(expected)

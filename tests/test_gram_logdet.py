@@ -324,3 +324,13 @@ def test_kernel_arguments_are_checked(
 ) -> None:
     with pytest.raises(error, match=match):
         gram_half_logdet(x, scale, **kwargs)  # type: ignore[arg-type]
+
+
+def test_float64_fallback_of_a_float64_cholesky_failure_uses_qr() -> None:
+    # method="cholesky" on float64 input can fail (rank one at a huge scale); fallback="float64" must then
+    # recompute by the QR route rather than keep the zero value.
+    # a·||G|| ~ 1e17: past float64's Cholesky (u·a·||G|| > 1), well within QR's (u·sqrt(a·||G||) ~ 1e-8).
+    z = (torch.randn(6, 1, dtype=torch.float64) @ torch.randn(1, 4, dtype=torch.float64)) * 1e3
+    assert bool(gram_half_logdet(z, 1e10, method="cholesky").failed)
+    out = gram_half_logdet(z, 1e10, method="cholesky", fallback="float64")
+    assert_close(out.rate, rate_reference(z, 1e10), rtol=1e-6, atol=0)

@@ -177,3 +177,18 @@ def test_validation() -> None:
         covariance_spectrum(torch.randn(5, 2), correction=2)
     with pytest.raises(ValueError, match="eps"):
         effective_rank(torch.randn(5, 2), eps=-1.0)
+
+
+def test_zero_eps_and_non_finite_sets() -> None:
+    # eps=0: zero singular values count as absent (0·log 0 = 0), not as NaN.
+    assert float(effective_rank(torch.ones(16, 8), eps=0.0)) == pytest.approx(1.0)
+    assert float(effective_rank(torch.zeros(4, 3), eps=0.0)) == 1.0
+    # A NaN or Inf entry makes its own set NaN; LAPACK would raise on it, and the other sets are unaffected.
+    z = torch.randn(2, 16, 4, dtype=F64)
+    clean = z[1].clone()
+    z[0, 0, 0] = math.nan
+    assert bool(effective_rank(z)[0].isnan()) and bool(covariance_spectrum(z)[0].isnan().all())
+    assert_close(effective_rank(z)[1], effective_rank(clean))
+    assert_close(covariance_spectrum(z)[1], covariance_spectrum(clean))
+    z[0, 0, 0] = math.inf
+    assert bool(collapse_metrics(z).effective_rank[0].isnan())

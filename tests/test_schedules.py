@@ -123,3 +123,11 @@ def test_constant_and_as_schedule() -> None:
 def test_validation(call: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()  # type: ignore[operator]
+
+
+def test_numpy_scalars_and_overflow() -> None:
+    np = pytest.importorskip("numpy")
+    assert ConstantSchedule(np.float32(0.5))(3) == 0.5
+    assert linear_ramp(5, start=np.float64(0.0), end=1.0, total_steps=np.int64(10)) == 0.5
+    with pytest.raises(ValueError, match="start must be a finite number"):
+        linear_ramp(3, start=10**400, end=1.0, total_steps=10)

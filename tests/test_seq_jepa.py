@@ -76,6 +76,8 @@ def test_cifar_resnet18_stem() -> None:
     assert isinstance(net.conv1, nn.Conv2d) and net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
     assert net(torch.randn(2, 3, 8, 8)).shape == (2, 512)
+    with pytest.raises(TypeError, match="zero_init_residual must be a bool"):
+        cifar_resnet18(zero_init_residual="no")  # type: ignore[arg-type]
 
 
 def test_conv_encoder_size() -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "check_nonnegative",
     "check_positive",
     "check_probability",
+    "finite_real",
 ]
 
 
@@ -66,7 +67,7 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _finite_real(value: object, name: str, requirement: str) -> float:
+def finite_real(value: object, name: str, requirement: str = "") -> float:
     """``value`` as a finite float; any real number but a bool is accepted (NumPy scalars included)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
@@ -75,13 +76,15 @@ def _finite_real(value: object, name: str, requirement: str) -> float:
     except OverflowError:  # an int beyond float range, e.g. 10**400
         out = math.inf
     if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number {requirement}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number{' ' + requirement if requirement else ''}, got {value!r}"
+        )
     return out
 
 
 def check_positive(value: object, name: str) -> float:
     """Checks that ``value`` is a finite real number > 0 and returns it as a float."""
-    out = _finite_real(value, name, "> 0")
+    out = finite_real(value, name, "> 0")
     if out <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return out
@@ -89,7 +92,7 @@ def check_positive(value: object, name: str) -> float:
 
 def check_nonnegative(value: object, name: str) -> float:
     """Checks that ``value`` is a finite real number >= 0 and returns it as a float."""
-    out = _finite_real(value, name, ">= 0")
+    out = finite_real(value, name, ">= 0")
     if out < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return out

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from jepa_rate._validation import check_int
+from jepa_rate._validation import check_int, finite_real
 
 __all__ = [
     "ConstantSchedule",
@@ -34,14 +34,13 @@ Schedule: TypeAlias = Callable[[int], float]
 
 
 def _check_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+    return finite_real(value, name)
 
 
 def _check_steps(value: object, name: str, *, allow_zero: bool) -> int:
+    # NumPy and tensor integers count, as they do for ``step``.
+    if not isinstance(value, (bool, int)) and hasattr(value, "__index__"):
+        value = value.__index__()
     return check_int(value, name, minimum=0 if allow_zero else 1)
 
 
@@ -132,7 +131,8 @@ def warmup_cosine(
 
     Args:
         step: Global step; negative steps count as 0.
-        peak: Value reached at the end of warmup.
+        peak: Value reached at the end of warmup (at step ``warmup_steps``; when that is ``total_steps``,
+            the value there is ``end``, so the schedule ramps towards ``peak`` and then drops to ``end``).
         total_steps: Step at which the value reaches ``end``; must be ``>= warmup_steps``.
         warmup_steps: Length of the linear warmup, ``>= 0``.
         start: Value at step 0.

@@ -31,7 +31,8 @@ __all__ = ["CodingRateComponents", "CodingRateLoss", "coding_rate"]
 
 
 class CodingRateComponents(NamedTuple):
-    """The terms of :class:`CodingRateLoss`, for logging. All are tensors; reading them syncs nothing.
+    """The terms of :class:`CodingRateLoss`, for logging. All are tensors: computing them syncs nothing
+    (reading their values on the host does).
 
     Attributes:
         loss: ``-weight * rate``, the quantity to minimize.
@@ -163,7 +164,8 @@ def coding_rate(
             overflows the compute dtype, give NaN rate and NaN gradient for that set, never a finite wrong
             value; ``"raise"``: ``ValueError`` naming the first bad entry, or the overflow (host syncs).
         fallback: For a set whose factorization fails on finite input (only when ``u·a·||ZᵀZ|| ≳ 1``) and
-            is not redone in float64 (on CPU it is: see above): ``"zero"`` (default): rate 0 and zero
+            is not redone in float64 (in eager mode on CPU it is, see above; not under ``torch.compile`` or
+            after a distributed ``all_reduce``): ``"zero"`` (default): rate 0 and zero
             gradient, chosen on the device, counted by :meth:`CodingRateLoss.forward_components`;
             ``"float64"``: recompute those sets in float64 (one host sync); ``"raise"``:
             ``torch.linalg.LinAlgError`` (one host sync).
@@ -172,7 +174,8 @@ def coding_rate(
         The rate of each set, float32 (float64 for float64 input).
 
     Raises:
-        TypeError: If ``z`` is not a floating tensor or a flag is not a bool.
+        TypeError: If ``z`` is not a floating tensor, a flag is not a bool, or (with
+            ``gather_distributed=True``) ``group`` is not a process group.
         ValueError: For a bad shape (fewer than 2 dims, ``n < 2``), non-positive ``eps``/``alpha``, both
             given, an unknown ``nonfinite``/``fallback``, or non-finite ``z`` with ``nonfinite="raise"``.
         RuntimeError: If ``gather_distributed=True`` and no process group is initialized.
@@ -213,8 +216,8 @@ class CodingRateLoss(nn.Module):
     All settings are validated here; they have the meaning given in :func:`coding_rate`.
 
     Args:
-        weight: Multiplier of the rate in the loss, >= 0 (seq-JEPA Step 2 uses 0.01 to 0.03 on
-            ``logdet(I + C)``, which is ``2 · weight`` here at ``alpha=1, center=True``).
+        weight: Multiplier of the rate in the loss, >= 0. seq-JEPA Step 2 puts ``λ = 0.01`` to ``0.03`` on
+            ``logdet(I + C) = 2R`` (at ``alpha=1, center=True``), so ``weight = 2λ``: 0.02 to 0.06.
         eps: See :func:`coding_rate`.
         alpha: See :func:`coding_rate`.
         center: See :func:`coding_rate`.
@@ -226,6 +229,7 @@ class CodingRateLoss(nn.Module):
         fallback: See :func:`coding_rate`.
 
     Raises:
+        TypeError: For a setting of the wrong type (a non-bool flag, a non-numeric weight), naming it.
         ValueError: For invalid settings, naming the value.
 
     Shape:

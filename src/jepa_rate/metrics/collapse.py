@@ -1,8 +1,10 @@
 """Representation-collapse diagnostics for embeddings ``(..., n, d)``.
 
-All functions are pure and return tensors, so logging them costs no device synchronisation until the
-values are read; only :func:`is_collapsed` returns a Python ``bool`` (and syncs) on purpose. Half-precision
-inputs are computed in float32, float64 inputs in float64.
+All functions are pure and return tensors; only :func:`is_collapsed` reads a value on the host (it returns
+a Python ``bool``) on purpose. :func:`effective_rank`, :func:`covariance_spectrum` and
+:func:`collapse_metrics` call :func:`torch.linalg.svdvals` / :func:`torch.linalg.eigvalsh`, which on CUDA
+synchronise with the host, as PyTorch documents; the other metrics do not. Half-precision inputs are
+computed in float32, float64 inputs in float64. A set with a NaN or Inf entry gives NaN, never an error.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def _as_float(z: Tensor) -> Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
+def _finite_sets(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` with its non-finite sets zeroed, since LAPACK raises on them, and which sets were finite."""
+    finite = x.isfinite().flatten(-2).all(-1)
+    return torch.where(finite[..., None, None], x, 0.0), finite
+
+
 def effective_rank(z: Tensor, *, eps: float = 1e-7) -> Tensor:
     """RankMe effective rank (Garrido et al., ICML 2023) of the embedding matrix.
 
@@ -63,9 +71,12 @@ def effective_rank(z: Tensor, *, eps: float = 1e-7) -> Tensor:
         tensor(1.0000)
     """
     eps = check_nonnegative(eps, "eps")
-    s = torch.linalg.svdvals(_as_float(z))
+    x, finite = _finite_sets(_as_float(z))
+    s = torch.linalg.svdvals(x)
     p = s / s.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny) + eps
-    return torch.exp(-(p * p.log()).sum(dim=-1))
+    # xlogy: 0·log 0 = 0, so eps=0 counts zero singular values as absent instead of giving NaN.
+    rank = torch.exp(-torch.special.xlogy(p, p).sum(dim=-1))
+    return torch.where(finite, rank, math.nan)
 
 
 def covariance_spectrum(z: Tensor, *, correction: int = 1) -> Tensor:
@@ -93,11 +104,11 @@ def covariance_spectrum(z: Tensor, *, correction: int = 1) -> Tensor:
     """
     if correction not in (0, 1) or isinstance(correction, bool):
         raise ValueError(f"correction must be 0 or 1, got {correction!r}")
-    x = _as_float(z)
+    x, finite = _finite_sets(_as_float(z))
     x = x - x.mean(dim=-2, keepdim=True)
     cov = x.mT @ x / (x.shape[-2] - correction)
     eigenvalues: Tensor = torch.linalg.eigvalsh(cov)
-    return eigenvalues.flip(-1).clamp_min(0.0)
+    return torch.where(finite[..., None], eigenvalues.flip(-1).clamp_min(0.0), math.nan)
 
 
 def embedding_std(z: Tensor) -> Tensor:

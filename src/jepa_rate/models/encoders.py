@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_int
+from jepa_rate._validation import check_bool, check_int
 
 __all__ = ["ConvEncoder", "cifar_resnet18"]
 
@@ -53,7 +53,9 @@ def cifar_resnet18(*, in_channels: int = 3, zero_init_residual: bool = True) -> 
             "cifar_resnet18 needs torchvision, an optional dependency of jepa_rate: "
             'install it with `pip install "jepa-rate[examples]"` or `pip install torchvision`'
         ) from err
-    net: nn.Module = models.resnet18(weights=None, zero_init_residual=zero_init_residual)
+    net: nn.Module = models.resnet18(
+        weights=None, zero_init_residual=check_bool(zero_init_residual, "zero_init_residual")
+    )
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()

@@ -324,9 +324,10 @@ def gram_half_logdet(
         group: The process group for ``"reduce"`` and ``"gather"`` (``None``: the default group).
         fallback: What a batch entry whose Cholesky factorization fails (finite input) gets. ``"zero"``:
             value 0 and zero gradient, selected on the device with no host sync. ``"float64"``: those
-            entries are recomputed with the Gram formed and factored in float64 (one host sync to find out
-            whether any failed). ``"raise"``: ``torch.linalg.LinAlgError`` naming the entries (one host
-            sync).
+            entries are recomputed in float64 by the QR route, which never fails, or with ``mode="reduce"``
+            (no rows) from the float64 Gram, which keeps the zero value if it fails too (one host sync to
+            find out whether any failed). ``"raise"``: ``torch.linalg.LinAlgError`` naming the entries (one
+            host sync).
         method: ``"cholesky"`` (Cholesky of ``I + a·G``), ``"qr"`` (QR of ``[√a·X; I]``, not with
             ``mode="reduce"``) or ``"auto"``: QR for float64 unless ``mode="reduce"``, Cholesky otherwise.
 
@@ -358,7 +359,8 @@ def gram_half_logdet(
     gram_in_float64 = x.dtype == torch.float32 and matmul_precision_reduced(x.device)
     with float32_island(x.device):
         rate, info, scaled_trace = _GramHalfLogdet.apply(x, scale, mode, group, gram_in_float64, orthogonal)
-    if fallback == "zero" or (fallback == "float64" and x.dtype == torch.float64):
+    # The QR route never fails, so float64 input on it has nothing to escalate.
+    if fallback == "zero" or (fallback == "float64" and orthogonal):
         return GramLogdet(rate, info, scaled_trace)
     failed = GramLogdet(rate, info, scaled_trace).failed
     # Deliberate host sync: the user asked for an escalation that depends on the outcome.

@@ -45,18 +45,31 @@ def matmul_precision_reduced(device: torch.device) -> bool:
         device: The device the matmuls run on.
 
     Returns:
-        ``True`` when :func:`torch.set_float32_matmul_precision` or the backend flags allow float32 matmuls in
+        ``True`` when :func:`torch.set_float32_matmul_precision`, ``allow_tf32`` or the ``fp32_precision``
+        settings (global, and the matmul backend of ``device``: cuBLAS or oneDNN) allow float32 matmuls in
         reduced precision on ``device``.
 
     Examples:
         >>> matmul_precision_reduced(torch.device("cpu"))
         False
     """
-    if torch.get_float32_matmul_precision() != "highest":
-        return True
-    if getattr(torch.backends, "fp32_precision", "none") not in ("none", "ieee"):
-        return True
-    if device.type != "cuda":
+    backends = torch.backends
+    # The fp32_precision settings: "none" inherits from the level above, so the first other value counts.
+    if device.type == "cuda":
+        chain = [getattr(backends.cuda.matmul, "fp32_precision", "none")]
+    else:
+        onednn = getattr(backends, "mkldnn", None)
+        chain = [getattr(getattr(onednn, "matmul", None), "fp32_precision", "none")]
+        chain.append(getattr(onednn, "fp32_precision", "none"))
+    chain.append(getattr(backends, "fp32_precision", "none"))
+    effective = next((value for value in chain if value != "none"), "none")
+    if effective != "none":
+        return bool(effective != "ieee")
+    # Only the legacy settings remain. Once any fp32_precision setting has been used, PyTorch refuses to
+    # answer the legacy queries (RuntimeError); the settings read above then hold the answer.
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return True
+        return device.type == "cuda" and bool(backends.cuda.matmul.allow_tf32)
+    except RuntimeError:
         return False
-    matmul = torch.backends.cuda.matmul
-    return bool(matmul.allow_tf32) or getattr(matmul, "fp32_precision", "none") == "tf32"
