@@ -192,3 +192,10 @@ def test_zero_eps_and_non_finite_sets() -> None:
     assert_close(covariance_spectrum(z)[1], covariance_spectrum(clean))
     z[0, 0, 0] = math.inf
     assert bool(collapse_metrics(z).effective_rank[0].isnan())
+
+
+def test_collapse_metrics_are_detached() -> None:
+    z = torch.randn(32, 8, requires_grad=True)
+    metrics = collapse_metrics(z)
+    assert not any(t.requires_grad for t in metrics)
+    assert effective_rank(z).requires_grad  # the individual functions stay differentiable

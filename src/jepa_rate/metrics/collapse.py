@@ -228,6 +228,9 @@ def collapse_metrics(
 ) -> CollapseMetrics:
     """Computes every collapse diagnostic at once, for logging.
 
+    The diagnostics are taken from ``z.detach()``: logged values that kept the autograd graph would keep
+    the whole step's activations alive. Use the individual functions for a differentiable metric.
+
     Args:
         z: Embeddings ``(..., n, d)``.
         threshold: Collapse threshold on ``normalized_std``.
@@ -246,6 +249,8 @@ def collapse_metrics(
         (torch.Size([8]), False, True)
     """
     threshold = check_positive(threshold, "threshold")
+    check_feature_tensor(z)
+    z = z.detach()
     std = embedding_std(z)
     norm_std = std.mean(dim=-1) * math.sqrt(z.shape[-1])
     return CollapseMetrics(
