@@ -8,6 +8,7 @@ routes are measured side by side under the same load, thread count and clock.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -34,10 +35,16 @@ __all__ = [
     "format_load",
     "format_ratio",
     "format_time",
+    "int_list",
     "markdown_table",
+    "non_negative_float",
+    "parse_args",
     "pinned_threads",
+    "positive_float",
+    "positive_int",
     "resolve_device",
     "run_config",
+    "set_timing_defaults",
     "time_callable",
     "write_report",
 ]
@@ -81,23 +88,70 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def add_common_arguments(parser: Any, *, dtype_choices: Sequence[str]) -> None:
+def _number(text: str, convert: Callable[[str], Any], what: str) -> Any:
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1 (the error becomes a usage message, exit status 2)."""
+    value: int = _number(text, int, "an integer >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0."""
+    value: float = _number(text, float, "a number > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """``argparse`` type: a finite number >= 0."""
+    value: float = _number(text, float, "a number >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``argparse`` type: comma-separated integers >= 1, such as ``64,256``."""
+    try:
+        return tuple(positive_int(item) for item in text.split(","))
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} in {text!r} (expected e.g. 64,256)") from None
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, dtype_choices: Sequence[str], all_threads: bool = False
+) -> None:
     """Adds the options shared by every benchmark script to an ``argparse`` parser.
 
     Args:
-        parser: An ``argparse.ArgumentParser``.
+        parser: The script's parser.
         dtype_choices: Allowed values of ``--dtype``.
+        all_threads: Default ``--threads`` to every available CPU instead of 1 (for whole training steps,
+            whose convolutions and matrix products scale with threads, unlike small LAPACK calls).
     """
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(dtype_choices), default="float32")
+    why = (
+        f"every available CPU, {available_cpus()} here"
+        if all_threads
+        else "1; multi-threaded LAPACK on small matrices is dominated by thread synchronization and swings "
+        "with machine load"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
-        default=1,
-        help=(
-            "intra-op CPU threads, pinned with torch.set_num_threads (default: 1; multi-threaded LAPACK on "
-            "small matrices is dominated by thread synchronization and swings with machine load)"
-        ),
+        type=positive_int,
+        default=available_cpus() if all_threads else 1,
+        help=f"intra-op CPU threads, pinned with torch.set_num_threads (default: {why})",
     )
     parser.add_argument("--quick", action="store_true", help="tiny grid and short timing, for CI")
     parser.add_argument(
@@ -106,9 +160,11 @@ def add_common_arguments(parser: Any, *, dtype_choices: Sequence[str]) -> None:
         default=None,
         help="blocked_autorange or adaptive_autorange (default: adaptive, blocked with --quick)",
     )
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     parser.add_argument(
-        "--max-run-time", type=float, default=5.0, help="cap for adaptive_autorange, in seconds"
+        "--min-run-time", type=non_negative_float, default=None, help="seconds per measurement"
+    )
+    parser.add_argument(
+        "--max-run-time", type=positive_float, default=5.0, help="cap for adaptive_autorange, in seconds"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -118,6 +174,45 @@ def add_common_arguments(parser: Any, *, dtype_choices: Sequence[str]) -> None:
         help="folder for the JSON and markdown reports",
     )
     parser.add_argument("--name", default=None, help="report file stem (default: derived from the run)")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    check: Callable[[argparse.Namespace], object] | None = None,
+) -> argparse.Namespace:
+    """Parses ``argv`` and checks what needs the parsed options, as usage errors (exit status 2).
+
+    Args:
+        parser: The script's parser, with :func:`add_common_arguments` applied.
+        argv: Command-line arguments (default ``sys.argv[1:]``).
+        check: Called with the parsed options; a ``ValueError`` it raises becomes the usage error.
+
+    Returns:
+        The parsed options.
+    """
+    args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+        if check is not None:
+            check(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def set_timing_defaults(args: argparse.Namespace, *, quick: float, full: float) -> None:
+    """Fills in ``args.timer`` and ``args.min_run_time`` where not given, so the report records them.
+
+    Args:
+        args: Parsed options; an explicit ``--min-run-time 0`` is kept.
+        quick: Default minimum run time with ``--quick``, in seconds.
+        full: Default minimum run time otherwise.
+    """
+    if args.timer is None:
+        args.timer = "blocked" if args.quick else "adaptive"
+    if args.min_run_time is None:
+        args.min_run_time = quick if args.quick else full
 
 
 def run_config(args: Any) -> dict[str, Any]:

@@ -13,8 +13,7 @@ Usage::
     python benchmarks/coding_rate.py --quick               # tiny grid, seconds (CI)
     python benchmarks/coding_rate.py --device cuda --dtype bfloat16
 
-Writes ``coding_rate_<device>_<dtype>.json`` and ``.md`` into ``--out-dir`` (default
-``benchmarks/results``).
+Writes ``coding_rate_<device>_<dtype>[_quick].{json,md}`` into ``--out-dir`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -45,9 +44,12 @@ from _harness import (
     format_ratio,
     format_time,
     markdown_table,
+    parse_args,
     pinned_threads,
+    positive_float,
     resolve_device,
     run_config,
+    set_timing_defaults,
     time_callable,
     write_report,
 )
@@ -372,6 +374,15 @@ def _markdown(payload: dict[str, Any], grid: Sequence[Workload]) -> str:
     return "\n".join(lines)
 
 
+def _grid(args: argparse.Namespace) -> list[Workload]:
+    """The selected grid, restricted to ``--only``; raises ``ValueError`` naming every unknown name."""
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    wanted = args.only.split(",") if args.only else [w.name for w in grid]
+    if unknown := [name for name in wanted if name not in {w.name for w in grid}]:
+        raise ValueError(f"--only: unknown workload(s) {unknown} (available: {[w.name for w in grid]})")
+    return [w for w in grid if w.name in wanted]
+
+
 def run(args: argparse.Namespace) -> tuple[Path, Path]:
     """Runs the benchmark described by parsed command-line ``args`` and writes its reports.
 
@@ -379,28 +390,21 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         Paths of the JSON and markdown reports.
 
     Raises:
-        ValueError: If ``--only`` names no workload of the grid, or the device is unavailable.
+        ValueError: If ``--only`` names a workload not in the grid, or the device is unavailable.
     """
     device = resolve_device(args.device)
-    grid: Sequence[Workload] = QUICK_GRID if args.quick else FULL_GRID
-    if args.only:
-        wanted = set(args.only.split(","))
-        grid = [w for w in grid if w.name in wanted]
-        if not grid:
-            raise ValueError(f"--only {args.only!r} matches no workload of the selected grid")
-    args.timer = args.timer or ("blocked" if args.quick else "adaptive")
-    args.min_run_time = args.min_run_time or (0.02 if args.quick else 0.5)
+    grid = _grid(args)
+    set_timing_defaults(args, quick=0.02, full=0.5)
     env = environment(device, args.dtype, args.threads)  # load average before the run loads the machine
     rows: list[dict[str, Any]] = []
     with pinned_threads(args.threads):
         for w in grid:
             print(f"[{w.name}] {w.title}", flush=True)
             rows += _measure_workload(w, args, device)
-    config = run_config(args)
     payload: dict[str, Any] = {
         "benchmark": "coding_rate",
         "schema_version": 1,
-        "config": config,
+        "config": run_config(args),
         "environment": env,
         "workloads": [asdict(w) for w in grid],
         "results": rows,
@@ -416,9 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_arguments(parser, dtype_choices=tuple(DTYPES))
-    parser.add_argument("--eps", type=float, default=0.5, help="MCR² eps (plays the role of eps²)")
+    parser.add_argument("--eps", type=positive_float, default=0.5, help="MCR² eps (plays the role of eps²)")
     parser.add_argument("--only", default=None, help="comma-separated workload names to run, e.g. 128x640")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, _grid)
     json_path, md_path = run(args)
     print(f"wrote {json_path} and {md_path}")
     return 0

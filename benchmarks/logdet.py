@@ -14,7 +14,8 @@ Usage::
     python benchmarks/logdet.py --quick                  # tiny sizes, seconds (CI)
     python benchmarks/logdet.py --device cuda --batch 16 # batched (16, k, k) inputs
 
-Writes ``logdet_<device>[_b<batch>].json`` and ``.md`` into ``--out-dir`` (default ``benchmarks/results``).
+Writes ``logdet_<device>[_b<batch>][_quick].json`` and ``.md`` (no dtype in the name: each report holds
+every dtype) into ``--out-dir`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ from _harness import (
     format_load,
     format_ratio,
     format_time,
+    int_list,
     markdown_table,
+    parse_args,
     pinned_threads,
+    positive_int,
     resolve_device,
     run_config,
+    set_timing_defaults,
     time_callable,
     write_report,
 )
@@ -207,11 +212,10 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     sizes: Sequence[int] = QUICK_SIZES if args.quick else FULL_SIZES
     if args.sizes:
-        sizes = [int(s) for s in args.sizes.split(",")]
+        sizes = list(args.sizes)  # main parses ``--sizes`` with int_list; check programmatic callers too
         if any(k < 1 for k in sizes):
             raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
-    args.timer = args.timer or ("blocked" if args.quick else "adaptive")
-    args.min_run_time = args.min_run_time or (0.02 if args.quick else 0.3)
+    set_timing_defaults(args, quick=0.02, full=0.3)
     env = environment(device, args.dtype, args.threads)  # load average before the run loads the machine
     with pinned_threads(args.threads):
         rows = _measure(args, device, sizes)
@@ -234,9 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_common_arguments(parser, dtype_choices=tuple(DTYPE_SETS))
     parser.set_defaults(dtype="both")
-    parser.add_argument("--batch", type=int, default=1, help="matrices per call (1: a single (k, k) matrix)")
-    parser.add_argument("--sizes", default=None, help="comma-separated matrix sizes, e.g. 64,256")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--batch", type=positive_int, default=1, help="matrices per call (1: a single (k, k) matrix)"
+    )
+    parser.add_argument(
+        "--sizes", type=int_list, default=None, help="comma-separated matrix sizes, e.g. 64,256"
+    )
+    args = parse_args(parser, argv)
     json_path, md_path = run(args)
     print(f"wrote {json_path} and {md_path}")
     return 0

@@ -16,6 +16,10 @@ Usage::
     python benchmarks/train_step.py             # CPU, demo preset -> results/train_step_cpu.{json,md}
     python benchmarks/train_step.py --device cuda --config gpu --dtype bfloat16
     python benchmarks/train_step.py --quick --config tiny --out-dir /tmp/bench   # seconds, for CI
+
+``--threads`` defaults to every available CPU (not 1 as in the other scripts): a whole step is dominated by
+convolutions and matrix products, which scale with threads. Reports are named
+``train_step_<device>[_bf16][_quick]``.
 """
 
 from __future__ import annotations
@@ -31,14 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from _harness import (
     add_common_arguments,
-    available_cpus,
     environment,
     format_load,
     format_time,
     markdown_table,
+    parse_args,
     pinned_threads,
+    positive_int,
     resolve_device,
     run_config,
+    set_timing_defaults,
     time_callable,
     write_report,
 )
@@ -101,18 +107,34 @@ def _time_variant(
     }
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = [*(args.set or []), f"bf16={args.dtype == 'bfloat16'}"]
+    if args.batch_size is not None:
+        overrides.append(f"batch_size={args.batch_size}")
+    return overrides
+
+
+def _base_config(args: argparse.Namespace) -> TrainConfig:
+    """The preset with ``--set`` and ``--batch-size`` applied.
+
+    Raises:
+        ConfigError: A ``ValueError`` naming an unknown preset or key, or a bad value.
+    """
+    cfg: TrainConfig = load_config(TrainConfig, args.config, _overrides(args))
+    return cfg
+
+
 def measure(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     """Times the data pipeline and every variant; returns the base config and the results."""
     device = resolve_device(args.device)
-    overrides = [*(args.set or []), f"bf16={args.dtype == 'bfloat16'}"]
-    if args.batch_size:
-        overrides.append(f"batch_size={args.batch_size}")
-    base: TrainConfig = load_config(TrainConfig, args.config, overrides)
+    overrides = _overrides(args)
+    base = _base_config(args)
     images = load_cifar10(base.data).train.images.to(device)
+    set_timing_defaults(args, quick=0.2, full=2.0)  # on args, so the report records the timer used
     timing = {
         "threads": args.threads,
-        "timer": args.timer or ("blocked" if args.quick else "adaptive"),
-        "min_run_time": args.min_run_time or (0.2 if args.quick else 2.0),
+        "timer": args.timer,
+        "min_run_time": args.min_run_time,
         "max_run_time": args.max_run_time,
     }
     data = time_callable(_batch_maker(base, images, device), label="data", **timing).as_dict()
@@ -169,23 +191,27 @@ def render(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_arguments(parser, dtype_choices=("float32", "bfloat16"))
-    parser.set_defaults(threads=available_cpus())
+    add_common_arguments(parser, dtype_choices=("float32", "bfloat16"), all_threads=True)
     parser.add_argument("--config", default="demo", help="trainer preset (default: demo)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="trainer config override")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="override the preset's batch size"
+    )
+    args = parse_args(parser, argv, _base_config)
+    env = environment(resolve_device(args.device), args.dtype, args.threads)  # load average before timing
     with pinned_threads(args.threads):
         cfg, results = measure(args)
     payload = {
-        "environment": environment(resolve_device(args.device), args.dtype, args.threads),
+        "environment": env,
         "config": run_config(args),
         "batch_size": cfg.batch_size,
         "views": cfg.seq.num_observations + 1,
         "results": results,
     }
-    stem = args.name or f"train_step_{args.device}" + ("_bf16" if args.dtype == "bfloat16" else "")
+    suffix = ("_bf16" if args.dtype == "bfloat16" else "") + ("_quick" if args.quick else "")
+    stem = args.name or f"train_step_{args.device}{suffix}"
     json_path, md_path = write_report(args.out_dir, stem, payload, render(payload))
     print(render(payload))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)

@@ -13,6 +13,7 @@ all runs share).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.outputs import RunDir
-from common.plots import plot_comparison
+from common.plots import numeric_keys, plot_comparison
 
 __all__ = ["collect_summaries", "main", "markdown_table"]
 
@@ -70,13 +71,34 @@ def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: A run has no ``summary.json``.
+        ValueError: The same run is given twice, or a ``summary.json`` is not a JSON object (the message
+            names the path).
     """
-    names = [p.name for p in run_dirs]
+    resolved = [p.resolve() for p in run_dirs]
+    if repeated := sorted({str(p) for p in resolved if resolved.count(p) > 1}):
+        raise ValueError(f"the same run is given more than once: {', '.join(repeated)}")
+    names = [p.name for p in resolved]
     out: dict[str, dict[str, Any]] = {}
     for path, name in zip(run_dirs, names, strict=True):
         label = name if names.count(name) == 1 else str(path)
-        out[label] = _flatten(RunDir(path, enabled=False).read_summary())
+        try:
+            out[label] = _flatten(RunDir(path, enabled=False).read_summary())
+        except json.JSONDecodeError as err:  # its message lacks the file it came from
+            raise ValueError(f"{path / 'summary.json'}: invalid JSON: {err}") from None
     return out
+
+
+def _unknown_plot_keys(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str] | None, x: str | None
+) -> str | None:
+    """Why ``--keys`` / ``--x`` name no logged metric (which would plot empty panels), or ``None``."""
+    logged = numeric_keys([r for records in curves.values() for r in records], frozenset())
+    unknown = [k for k in (keys or []) if k not in logged]
+    if x is not None and x not in logged:
+        unknown.append(f"--x {x}")
+    if not unknown:
+        return None
+    return f"not in any run's metrics.jsonl: {', '.join(unknown)} (available: {', '.join(logged) or 'none'})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,25 +106,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with summary.json)")
     parser.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output folder")
     parser.add_argument("--keys", default=None, help="comma-separated metrics to plot (default: shared ones)")
-    parser.add_argument("--x", default="epoch", help="metric on the horizontal axis (default: epoch)")
+    parser.add_argument("--x", default=None, help="metric on the horizontal axis (default: epoch)")
     args = parser.parse_args(argv)
 
     missing = [str(p) for p in args.runs if not (p / "summary.json").is_file()]
     if missing:
         parser.error(f"no summary.json in: {', '.join(missing)} (did those runs finish?)")
-    summaries = collect_summaries(args.runs)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a folder")
+    try:
+        summaries = collect_summaries(args.runs)
+    except ValueError as err:
+        parser.error(str(err))
+    curves = {
+        label: RunDir(p, enabled=False).records() for label, p in zip(summaries, args.runs, strict=True)
+    }
+    keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
+    # Checked before anything is written; the default "epoch" may be absent (the record index is used).
+    if any(curves.values()) and (why := _unknown_plot_keys(curves, keys, args.x)):
+        parser.error(why)
     table = markdown_table(summaries)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.md").write_text(table + "\n", encoding="utf-8")
     print(table)
 
-    curves = {
-        label: RunDir(p, enabled=False).records() for label, p in zip(summaries, args.runs, strict=True)
-    }
-    keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
     if any(curves.values()):
         try:
-            plot = plot_comparison(curves, args.out / "comparison.png", keys=keys, x=args.x)
+            plot = plot_comparison(curves, args.out / "comparison.png", keys=keys, x=args.x or "epoch")
             print(f"\nwrote {args.out / 'comparison.md'} and {plot}", file=sys.stderr)
         except ValueError as err:
             print(f"\nwrote {args.out / 'comparison.md'}; no plot: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -241,15 +242,61 @@ def test_coding_rate_quick_bfloat16_autocast(tmp_path: Path) -> None:
             assert r["rel_err"] < 1e-4, r
 
 
+def _usage_error(main: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Runs ``main(argv)``, expects an argparse usage error (exit status 2) and returns its stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+    return err
+
+
 def test_coding_rate_rejects_unknown_workload_and_missing_cuda(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(ValueError, match="'nope'"):
-        cr_bench.main(["--quick", "--only", "nope", "--out-dir", str(tmp_path)])
+    out = ["--quick", "--out-dir", str(tmp_path)]
+    assert "'nope'" in _usage_error(cr_bench.main, [*out, "--only", "nope"], capsys)
+    # A known name next to an unknown one must not hide it.
+    assert "'nope'" in _usage_error(cr_bench.main, [*out, "--only", "16x48,nope"], capsys)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="--device cuda"):
-        cr_bench.main(["--quick", "--device", "cuda", "--out-dir", str(tmp_path)])
+    assert "--device cuda" in _usage_error(cr_bench.main, [*out, "--device", "cuda"], capsys)
     assert not list(tmp_path.iterdir())
+    # Programmatic callers of run() still get a ValueError.
+    args = argparse.Namespace(quick=True, only="16x48,nope", device="cpu")
+    with pytest.raises(ValueError, match="'nope'"):
+        cr_bench.run(args)
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("coding_rate", ["--threads", "0"], "--threads: must be >= 1, got 0"),
+        ("coding_rate", ["--eps", "0"], "--eps: must be finite and > 0"),
+        ("coding_rate", ["--eps", "nan"], "--eps: must be finite and > 0, got 'nan'"),
+        ("coding_rate", ["--min-run-time", "-1"], "--min-run-time: must be finite and >= 0"),
+        ("logdet", ["--batch", "0"], "--batch: must be >= 1, got 0"),
+        ("logdet", ["--sizes", "0"], "--sizes: must be >= 1, got 0"),
+        ("logdet", ["--sizes", "8,abc"], "got 'abc' in '8,abc'"),
+        ("logdet", ["--sizes", ","], "--sizes: expected an integer >= 1, got ''"),
+        ("logdet", ["--min-run-time", "-0.5"], "--min-run-time: must be finite and >= 0"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    script: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = {"coding_rate": cr_bench.main, "logdet": ld_bench.main}[script]
+    assert message in _usage_error(main, ["--quick", "--out-dir", str(tmp_path), *argv], capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_explicit_zero_min_run_time_is_kept() -> None:
+    args = argparse.Namespace(quick=True, timer=None, min_run_time=0.0)
+    harness.set_timing_defaults(args, quick=0.02, full=0.5)
+    assert (args.timer, args.min_run_time) == ("blocked", 0.0)
+    args = argparse.Namespace(quick=False, timer=None, min_run_time=None)
+    harness.set_timing_defaults(args, quick=0.02, full=0.5)
+    assert (args.timer, args.min_run_time) == ("adaptive", 0.5)
 
 
 def test_logdet_quick_writes_consistent_reports(tmp_path: Path) -> None:
@@ -269,8 +316,7 @@ def test_logdet_quick_writes_consistent_reports(tmp_path: Path) -> None:
             assert r["speedup_vs_logdet"] == 1.0
     for heading in ("## float32: time", "## float64: time", "## float32: relative error"):
         assert heading in markdown
-    with pytest.raises(ValueError, match="got 0"):
-        ld_bench.main(["--quick", "--batch", "0", "--out-dir", str(tmp_path)])
+    assert payload["config"]["sizes"] == [8, 24]
 
 
 def _tensors(out: object) -> list[torch.Tensor]:

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+import torch
+
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -25,7 +28,9 @@ def _load() -> ModuleType:
 def test_quick_run_writes_a_report_with_every_variant(tmp_path: Path) -> None:
     bench = _load()
     assert bench.main(["--quick", "--config", "tiny", "--threads", "1", "--out-dir", str(tmp_path)]) == 0
-    payload = json.loads((tmp_path / "train_step_cpu.json").read_text())
+    payload = json.loads((tmp_path / "train_step_cpu_quick.json").read_text())
+    # The timer actually used is recorded, not the unset option.
+    assert (payload["config"]["timer"], payload["config"]["min_run_time"]) == ("blocked", 0.2)
     rows = payload["results"]["variants"]
     assert sorted(rows) == ["ema", "ema_rate", "symmetric_rate", "teacherless", "teacherless_rate"]
     assert payload["batch_size"] == 16 and payload["views"] == 4
@@ -34,6 +39,39 @@ def test_quick_run_writes_a_report_with_every_variant(tmp_path: Path) -> None:
         assert row["data_share"] < 0.5, f"{name}: building the batch must not be the bottleneck"
         assert row["rate_shape"] == [32 if name == "symmetric_rate" else 16, 24]
         assert row["rate_in_loss"] == name.endswith("_rate")
-    markdown = (tmp_path / "train_step_cpu.md").read_text()
+    markdown = (tmp_path / "train_step_cpu_quick.md").read_text()
     assert markdown.startswith("# One seq-JEPA training step per variant (cpu, preset `tiny`)")
     assert markdown.count("\n| ") == 2 + len(rows)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        (["--threads", "0"], "--threads: must be >= 1, got 0"),
+        (["--set", "nope=1"], "unknown config key 'nope'"),
+        (["--config", "nope"], "unknown preset 'nope'"),
+        (["--device", "cuda"], "--device cuda"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bench = _load()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--config", "tiny", "--out-dir", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_threads_help_states_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load()
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "default: every available CPU" in " ".join(capsys.readouterr().out.split())
