@@ -58,11 +58,12 @@ def check_floating_tensor(value: object, name: str) -> Tensor:
     return value
 
 
-def check_int(value: object, name: str, minimum: int = 1) -> int:
-    """Checks that ``value`` is an int (not a bool) that is at least ``minimum`` and returns it."""
+def check_int(value: object, name: str, minimum: int | None = 1) -> int:
+    """Checks that ``value`` is an int (not a bool) that is at least ``minimum`` (``None``: any) and returns
+    it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
 

@@ -33,22 +33,16 @@ Schedule: TypeAlias = Callable[[int], float]
 """Any callable mapping a global step (``int``) to a value (``float``)."""
 
 
-def _check_real(value: object, name: str) -> float:
-    return finite_real(value, name)
-
-
-def _check_steps(value: object, name: str, *, allow_zero: bool) -> int:
-    # NumPy and tensor integers count, as they do for ``step``.
+def _check_count(value: object, name: str, minimum: int | None) -> int:
+    # Steps are counters: NumPy and tensor integers (anything with __index__ but a bool) count as ints.
     if not isinstance(value, (bool, int)) and hasattr(value, "__index__"):
         value = value.__index__()
-    return check_int(value, name, minimum=0 if allow_zero else 1)
+    return check_int(value, name, minimum=minimum)
 
 
 def _check_step(step: object) -> int:
-    # Accept numpy / tensor integers that implement __index__, but not floats or bools.
-    if isinstance(step, bool) or not hasattr(step, "__index__"):
-        raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
-    return max(int(step.__index__()), 0)
+    # Negative steps count as 0.
+    return max(_check_count(step, "step", minimum=None), 0)
 
 
 def linear_ramp(step: int, *, start: float, end: float, total_steps: int) -> float:
@@ -72,8 +66,8 @@ def linear_ramp(step: int, *, start: float, end: float, total_steps: int) -> flo
         0.5
     """
     k = _check_step(step)
-    total = _check_steps(total_steps, "total_steps", allow_zero=True)
-    start, end = _check_real(start, "start"), _check_real(end, "end")
+    total = _check_count(total_steps, "total_steps", minimum=0)
+    start, end = finite_real(start, "start"), finite_real(end, "end")
     if k >= total:
         return end
     return start + (end - start) * k / total
@@ -107,8 +101,8 @@ def cosine_ramp(step: int, *, start: float, end: float, total_steps: int) -> flo
         1.0
     """
     k = _check_step(step)
-    total = _check_steps(total_steps, "total_steps", allow_zero=True)
-    start, end = _check_real(start, "start"), _check_real(end, "end")
+    total = _check_count(total_steps, "total_steps", minimum=0)
+    start, end = finite_real(start, "start"), finite_real(end, "end")
     if k >= total:
         return end
     return end - (end - start) * (math.cos(math.pi * k / total) + 1.0) / 2.0
@@ -150,16 +144,16 @@ def warmup_cosine(
         [0.0, 0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
     """
     k = _check_step(step)
-    warmup = _check_steps(warmup_steps, "warmup_steps", allow_zero=True)
-    total = _check_steps(total_steps, "total_steps", allow_zero=True)
+    warmup = _check_count(warmup_steps, "warmup_steps", minimum=0)
+    total = _check_count(total_steps, "total_steps", minimum=0)
     if total < warmup:
         raise ValueError(
             f"total_steps must be >= warmup_steps, got total_steps={total}, warmup_steps={warmup}"
         )
-    peak = _check_real(peak, "peak")
+    peak = finite_real(peak, "peak")
     # Both ends are checked at every step, not only the one this step's branch reads: a NaN ``end`` must not
     # wait until the warmup is over to surface.
-    start, end = _check_real(start, "start"), _check_real(end, "end")
+    start, end = finite_real(start, "start"), finite_real(end, "end")
     if k < warmup:
         return linear_ramp(k, start=start, end=peak, total_steps=warmup)
     return cosine_ramp(k - warmup, start=peak, end=end, total_steps=total - warmup)
@@ -177,7 +171,7 @@ class ConstantSchedule:
     value: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "value", _check_real(self.value, "value"))
+        object.__setattr__(self, "value", finite_real(self.value, "value"))
 
     def __call__(self, step: int) -> float:
         _check_step(step)
