@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_range
+
 __all__ = ["AugmentConfig", "augment", "grayscale"]
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
@@ -44,9 +46,14 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_min_scale <= 1.0:
             raise ValueError(f"augment.crop_min_scale must lie in (0, 1], got {self.crop_min_scale}")
-        for name in ("jitter", "jitter_prob", "grayscale_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"augment.{name} must lie in [0, 1], got {getattr(self, name)}")
+        check_range(
+            "augment.",
+            0,
+            1,
+            jitter=self.jitter,
+            jitter_prob=self.jitter_prob,
+            grayscale_prob=self.grayscale_prob,
+        )
 
 
 def grayscale(images: Tensor) -> Tensor:

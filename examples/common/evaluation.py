@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_min
 from .splits import balanced_split
 
 __all__ = [
@@ -74,15 +75,13 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "knn_k", "linear_max_iter", "regressor_hidden", "regressor_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)!r}")
+        counts = ("batch_size", "knn_k", "linear_max_iter", "regressor_hidden", "regressor_steps")
+        check_min("eval.", 1, **{name: getattr(self, name) for name in counts})
         if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
             raise ValueError(
                 f"eval.linear_weight_decays must be non-empty and >= 0, got {self.linear_weight_decays}"
             )
-        if self.regressor_max_train < 2:
-            raise ValueError(f"eval.regressor_max_train must be >= 2, got {self.regressor_max_train}")
+        check_min("eval.", 2, regressor_max_train=self.regressor_max_train)
 
 
 def collect_features(
