@@ -46,7 +46,7 @@ Why each choice:
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.distributed as dist
@@ -385,8 +385,8 @@ def _check_kernel_arguments(x: Tensor, scale: object, mode: str, method: str, fa
         raise TypeError(f"x must be a float32 or float64 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.ndim not in (2, 3):
         raise ValueError(f"x must have shape (n, d) or (B, n, d), got {tuple(x.shape)}")
-    check_choice(mode, "mode", ("local", "reduce", "gather"))
-    check_choice(method, "method", ("auto", "cholesky", "qr"))
+    check_choice(mode, "mode", get_args(ReduceMode))
+    check_choice(method, "method", get_args(Method))
     check_choice(fallback, "fallback", FALLBACKS)
     if method == "qr" and mode == "reduce":
         raise ValueError("method='qr' needs the rows of X; it cannot be combined with mode='reduce'")
