@@ -27,7 +27,10 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # Serves MathJax 3 from the built site (_static/mathjax/) instead of a CDN: formulas render offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
     "myst_parser",
 ]
 
@@ -65,15 +68,20 @@ if os.environ.get("JEPA_RATE_DOCS_INTERSPHINX"):
         "torch": ("https://docs.pytorch.org/docs/stable", None),
     }
 
-html_theme = "alabaster"
+html_theme = "furo"
 html_title = f"jepa_rate {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# Wide tables, code blocks and display formulas scroll inside the page instead of running past its edge.
+html_css_files = ["custom.css"]
 html_theme_options = {
-    "description": "A trustworthy coding-rate regularizer and seq-JEPA building blocks for PyTorch",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "240px",
+    "navigation_with_keys": True,
+    "top_of_page_buttons": [],
 }
+html_show_sourcelink = False
+
+# sphinx-copybutton: a block with ">>> " / "$ " prompts copies only its input lines, without prompts.
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
 
 # The public names exported by the package root are documented once, in their subpackage
 # (``jepa_rate.losses.coding_rate``); references written as ``jepa_rate.coding_rate`` resolve there.

@@ -1,4 +1,5 @@
-"""The documentation site: every ```python block runs, and the API pages list every public name.
+"""The documentation site: every ```python block runs, the API pages list every public name, and the built
+site works offline (every script, stylesheet and image it loads, MathJax included, is a file of the site).
 
 The blocks of one page run in order in one namespace (``__name__ == "__main__"``), in a temporary working
 directory, so a page reads like a script and may write files. Tracebacks point at the page and line: each
@@ -8,9 +9,14 @@ block is compiled with the markdown file as its file name and its own line numbe
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -238,3 +244,125 @@ def test_api_pages_list_every_public_name() -> None:
 def test_results_page_includes_the_results_table() -> None:
     text = (DOCS / "results.md").read_text(encoding="utf-8")
     assert "results_table.md" in text
+
+
+# Link relations that make a browser load the target while it shows the page (not navigation links).
+_LOADED_RELS = {"stylesheet", "preload", "modulepreload", "icon", "shortcut", "apple-touch-icon", "manifest"}
+
+
+class _LoadedResources(HTMLParser):
+    """Collects the addresses a page loads when it is shown: scripts, stylesheets, preloads, icons, images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        rels = set((attr.get("rel") or "").split())
+        if tag in {"script", "img", "iframe", "source", "embed"} and attr.get("src"):
+            self.urls.append(str(attr["src"]))
+        elif tag == "link" and attr.get("href") and rels & _LOADED_RELS:
+            self.urls.append(str(attr["href"]))
+
+
+def loaded_resources(html: str) -> list[str]:
+    parser = _LoadedResources()
+    parser.feed(html)
+    return parser.urls
+
+
+def is_remote(url: str) -> bool:
+    """True for an address outside the site: one with a host (``https://...``, ``//...``) or a scheme
+    other than ``data:``."""
+    parts = urlsplit(url)
+    return bool(parts.netloc) or parts.scheme not in {"", "data"}
+
+
+def test_loaded_resources_finds_remote_scripts_and_stylesheets() -> None:
+    page = (
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>'
+        '<script>inline()</script><script src="_static/doctools.js?v=1"></script>'
+        '<link rel="stylesheet" href="//fonts.example.org/css"><link rel="next" href="https://example.org/">'
+        '<link rel="preload" as="script" href="_static/a.js"><img src="data:image/png;base64,AAAA">'
+    )
+    urls = loaded_resources(page)
+    assert urls == [
+        "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js",
+        "_static/doctools.js?v=1",
+        "//fonts.example.org/css",
+        "_static/a.js",
+        "data:image/png;base64,AAAA",
+    ]
+    assert [is_remote(u) for u in urls] == [True, False, True, False, False]
+    assert is_remote("http://localhost/x.js") and is_remote("file:///tmp/x.js")
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The HTML site, built once for this module (about 20 s on two cores)."""
+    out = tmp_path_factory.mktemp("site")
+    command = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-q",
+        "-b",
+        "html",
+        "-d",
+        str(out / "doctrees"),
+        str(DOCS),
+        str(out / "html"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("JEPA_RATE_DOCS_INTERSPHINX", None)  # intersphinx would need the network
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, f"sphinx-build failed:\n{result.stdout}\n{result.stderr}"
+    return out / "html"
+
+
+def _built_pages(site: Path) -> list[Path]:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > len(REQUIRED_PAGES), f"the build wrote only {len(pages)} pages"
+    return pages
+
+
+def test_built_site_loads_nothing_from_a_remote_address(built_site: Path) -> None:
+    offenders: list[str] = []
+    for page in _built_pages(built_site):
+        for url in loaded_resources(page.read_text(encoding="utf-8")):
+            name = page.relative_to(built_site).as_posix()
+            if is_remote(url):
+                offenders.append(f"{name}: loads {url}")
+            elif url.startswith("data:"):
+                continue
+            elif not (page.parent / urlsplit(url).path).is_file():
+                offenders.append(f"{name}: loads {url}, which is not in the built site")
+    assert not offenders, "the site must work offline:\n" + "\n".join(offenders[:20])
+
+
+def test_math_pages_load_mathjax_from_the_built_site(built_site: Path) -> None:
+    math_pages = [p for p in _built_pages(built_site) if 'class="math' in p.read_text(encoding="utf-8")]
+    names = {p.relative_to(built_site).as_posix() for p in math_pages}
+    assert {"index.html", "concepts/coding_rate.html"} <= names, sorted(names)
+    for page in math_pages:
+        scripts = [u for u in loaded_resources(page.read_text(encoding="utf-8")) if "mathjax" in u.lower()]
+        assert scripts, f"{page.name} has formulas but loads no MathJax"
+        for url in scripts:
+            assert not is_remote(url), f"{page.name} loads MathJax from {url}"
+            script = (page.parent / urlsplit(url).path).resolve()
+            assert script.is_file() and script.stat().st_size > 100_000, f"{url} is missing or truncated"
+    # MathJax's CommonHTML output draws with its own web fonts, loaded relative to the script.
+    fonts = built_site / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2"
+    assert len(list(fonts.glob("*.woff"))) >= 20, f"MathJax fonts missing under {fonts}"
+
+
+def test_built_pages_scroll_wide_content_and_copy_code(built_site: Path) -> None:
+    results = (built_site / "results.html").read_text(encoding="utf-8")
+    assert results.count("<table") >= 2
+    for page in ("results.html", "concepts/coding_rate.html"):
+        urls = loaded_resources((built_site / page).read_text(encoding="utf-8"))
+        assert any(urlsplit(u).path.endswith("_static/custom.css") for u in urls), page
+        assert any(urlsplit(u).path.endswith("copybutton.js") for u in urls), page
+    css = (built_site / "_static" / "custom.css").read_text(encoding="utf-8")
+    assert re.search(r"table[^{]*\{[^}]*overflow-x:\s*auto", css), "wide tables must scroll"
