@@ -4,9 +4,8 @@
 Routes: ``torch.logdet`` (LU), ``torch.linalg.slogdet`` (LU), ``torch.linalg.cholesky`` and
 ``torch.linalg.cholesky_ex`` followed by ``2 * sum(log(diag(L)))``, ``cholesky_ex`` of ``blockdiag(A, I_8)``
 (the padded order ``jepa_rate`` factors on CPU when ``k`` is a multiple of 128), and
-``sum(log(eigvalsh(A)))``. Each value
-is checked against a float64 eigenvalue reference computed one matrix at a time, so a route that is fast
-but wrong (for example a multi-threaded batched LU) is flagged in the report.
+``sum(log(eigvalsh(A)))``. Each value is checked against a float64 eigenvalue reference computed one
+matrix at a time, so a route that is fast but wrong (for example a multi-threaded batched LU) is flagged.
 
 Usage::
 
@@ -32,44 +31,18 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (
-    add_common_arguments,
-    environment,
-    finite_or_none,
-    format_load,
-    format_ratio,
-    format_time,
-    int_list,
-    markdown_table,
-    parse_args,
-    pinned_threads,
-    positive_int,
-    resolve_device,
-    run_config,
-    set_timing_defaults,
-    time_callable,
-    write_report,
-)
+import _harness as h
 
-__all__ = ["FULL_SIZES", "QUICK_SIZES", "ROUTES", "main", "run"]
-
-FULL_SIZES: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
-QUICK_SIZES: tuple[int, ...] = (8, 32)
-DTYPE_SETS: dict[str, tuple[torch.dtype, ...]] = {
+FULL_SIZES = (64, 128, 256, 512, 1024, 2048)
+QUICK_SIZES = (8, 32)
+DTYPE_SETS = {
     "float32": (torch.float32,),
     "float64": (torch.float64,),
     "both": (torch.float32, torch.float64),
 }
 
 
-def _cholesky(a: Tensor) -> Tensor:
-    factor: Tensor = torch.linalg.cholesky(a)
-    return 2.0 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
-
-def _cholesky_ex(a: Tensor) -> Tensor:
-    # No check_errors: the info tensor stays on the device, so the call never synchronizes.
-    factor: Tensor = torch.linalg.cholesky_ex(a).L
+def _two_log_diag(factor: Tensor) -> Tensor:
     return 2.0 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
@@ -78,22 +51,17 @@ def _cholesky_ex_padded(a: Tensor) -> Tensor:
     k = a.shape[-1]
     padded = torch.nn.functional.pad(a, (0, 8, 0, 8))
     padded.diagonal(dim1=-2, dim2=-1)[..., k:] = 1.0
-    factor: Tensor = torch.linalg.cholesky_ex(padded).L
-    return 2.0 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return _two_log_diag(torch.linalg.cholesky_ex(padded).L)
 
 
-def _eigvalsh(a: Tensor) -> Tensor:
-    eig: Tensor = torch.linalg.eigvalsh(a)
-    return eig.log().sum(-1)
-
-
+# cholesky_ex without check_errors: the info tensor stays on the device, so the call never synchronizes.
 ROUTES: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
     "logdet": ("`torch.logdet`", torch.logdet),
     "slogdet": ("`torch.linalg.slogdet`", lambda a: torch.linalg.slogdet(a).logabsdet),
-    "cholesky": ("`cholesky` + 2 Σ log diag", _cholesky),
-    "cholesky_ex": ("`cholesky_ex` + 2 Σ log diag", _cholesky_ex),
+    "cholesky": ("`cholesky` + 2 Σ log diag", lambda a: _two_log_diag(torch.linalg.cholesky(a))),
+    "cholesky_ex": ("`cholesky_ex` + 2 Σ log diag", lambda a: _two_log_diag(torch.linalg.cholesky_ex(a).L)),
     "cholesky_ex_padded": ("`cholesky_ex` of blockdiag(A, I₈)", _cholesky_ex_padded),
-    "eigvalsh": ("`eigvalsh` + Σ log", _eigvalsh),
+    "eigvalsh": ("`eigvalsh` + Σ log", lambda a: torch.linalg.eigvalsh(a).log().sum(-1)),
 }
 
 
@@ -112,49 +80,28 @@ def _reference(a64: Tensor) -> Tensor:
     return ref.reshape(a64.shape[:-2])
 
 
-def _measure(args: argparse.Namespace, device: torch.device, sizes: Sequence[int]) -> list[dict[str, Any]]:
+def _measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for dtype in DTYPE_SETS[args.dtype]:
         dname = str(dtype).removeprefix("torch.")
-        for k in sizes:
+        for k in args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES):
             a64 = _spd(k, args.batch, args.seed)
-            ref = _reference(a64.to(device)).cpu()
-            a = a64.to(device=device, dtype=dtype)
+            ref, a = _reference(a64.to(args.device)).cpu(), a64.to(device=args.device, dtype=dtype)
             for key, (title, fn) in ROUTES.items():
-                row: dict[str, Any] = {
-                    "dtype": dname,
-                    "size": k,
-                    "batch": args.batch,
-                    "route": key,
-                    "title": title,
-                }
                 value = fn(a).to(device="cpu", dtype=torch.float64)
                 rel = float(((value - ref).abs() / ref.abs().clamp_min(1.0)).max())
-                row["rel_err"] = finite_or_none(rel)
-                timing = time_callable(
-                    functools.partial(fn, a),
-                    threads=args.threads,
-                    timer=args.timer,
-                    min_run_time=args.min_run_time,
-                    max_run_time=args.max_run_time,
-                    label=f"{dname}/{k}/{key}",
-                )
-                row["timing"] = timing.as_dict()
-                rows.append(row)
-                print(
-                    f"  {dname} {k:>5} {key:<12} {format_time(timing.median):>10}  rel_err={rel:.1e}",
-                    flush=True,
-                )
+                timing = h.time_callable(functools.partial(fn, a), args, f"{dname}/{k}/{key}")
+                row = {"dtype": dname, "size": k, "batch": args.batch, "route": key, "title": title}
+                rows.append({**row, "rel_err": h.finite_or_none(rel), "timing": timing})
+                print(f"  {dname} {k:>5} {key:<12} {h.format_time(timing['median']):>10}  rel_err={rel:.1e}")
+    logdet = {(r["dtype"], r["size"]): r["timing"]["median"] for r in rows if r["route"] == "logdet"}
     for r in rows:
-        base = next(
-            b for b in rows if b["dtype"] == r["dtype"] and b["size"] == r["size"] and b["route"] == "logdet"
-        )
-        r["speedup_vs_logdet"] = base["timing"]["median"] / r["timing"]["median"]
+        r["speedup_vs_logdet"] = logdet[r["dtype"], r["size"]] / r["timing"]["median"]
     return rows
 
 
 def _time_cell(row: dict[str, Any]) -> str:
-    return f"{format_time(row['timing']['median'])} ({format_ratio(row['speedup_vs_logdet'])})"
+    return f"{h.format_time(row['timing']['median'])} ({h.format_ratio(row['speedup_vs_logdet'])})"
 
 
 def _markdown(payload: dict[str, Any]) -> str:
@@ -163,7 +110,7 @@ def _markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"# Log-determinant of an SPD matrix, forward only: {env['device']}",
         "",
-        markdown_table(
+        h.markdown_table(
             ["Setting", "Value"],
             [
                 ["device", f"{env['device']} ({env['device_name']})"],
@@ -172,7 +119,7 @@ def _markdown(payload: dict[str, Any]) -> str:
                 ["torch", env["torch"]],
                 ["grid", "quick (smoke test only)" if cfg["quick"] else "full"],
                 ["timer", f"{cfg['timer']}_autorange, min_run_time={cfg['min_run_time']} s"],
-                ["load average at start", format_load(env)],
+                ["load average at start", h.format_load(env)],
                 ["date", env["timestamp"]],
             ],
             align="ll",
@@ -193,60 +140,23 @@ def _markdown(payload: dict[str, Any]) -> str:
             for k in sizes
         ]
         header = ["Size k"] + [ROUTES[key][0] for key in keys]
-        lines += ["", f"## {dname}: time", "", markdown_table(header, times), ""]
-        lines += [f"## {dname}: relative error", "", markdown_table(header, errors)]
+        lines += ["", f"## {dname}: time", "", h.markdown_table(header, times), ""]
+        lines += [f"## {dname}: relative error", "", h.markdown_table(header, errors)]
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Runs the benchmark described by parsed command-line ``args`` and writes its reports.
-
-    Returns:
-        Paths of the JSON and markdown reports.
-
-    Raises:
-        ValueError: If ``--batch`` or ``--sizes`` is invalid, or the device is unavailable.
-    """
-    device = resolve_device(args.device)
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    sizes: Sequence[int] = QUICK_SIZES if args.quick else FULL_SIZES
-    if args.sizes:
-        sizes = list(args.sizes)  # main parses ``--sizes`` with int_list; check programmatic callers too
-        if any(k < 1 for k in sizes):
-            raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
-    set_timing_defaults(args, quick=0.02, full=0.3)
-    env = environment(device, args.dtype, args.threads)  # load average before the run loads the machine
-    with pinned_threads(args.threads):
-        rows = _measure(args, device, sizes)
-    payload: dict[str, Any] = {
-        "benchmark": "logdet",
-        "schema_version": 1,
-        "config": run_config(args),
-        "environment": env,
-        "results": rows,
-    }
-    suffix = ("" if args.batch == 1 else f"_b{args.batch}") + ("_quick" if args.quick else "")
-    stem = args.name or f"logdet_{device.type}{suffix}"
-    return write_report(args.out_dir, stem, payload, _markdown(payload))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit status."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_common_arguments(parser, dtype_choices=tuple(DTYPE_SETS))
+    parser = h.make_parser(__doc__ or "", dtypes=tuple(DTYPE_SETS))
     parser.set_defaults(dtype="both")
-    parser.add_argument(
-        "--batch", type=positive_int, default=1, help="matrices per call (1: a single (k, k) matrix)"
-    )
-    parser.add_argument(
-        "--sizes", type=int_list, default=None, help="comma-separated matrix sizes, e.g. 64,256"
-    )
-    args = parse_args(parser, argv)
-    json_path, md_path = run(args)
-    print(f"wrote {json_path} and {md_path}")
+    parser.add_argument("--batch", type=h.positive_int, default=1, help="matrices per call (1: one (k, k))")
+    parser.add_argument("--sizes", type=h.int_list, help="comma-separated matrix sizes, e.g. 64,256")
+    args = h.parse_args(parser, argv, min_run_time=(0.02, 0.3))
+    env = h.environment(args)  # the load average before the run loads the machine
+    rows = _measure(args)
+    payload = {"benchmark": "logdet", "schema_version": 1, "config": h.run_config(args), "environment": env}
+    payload["results"] = rows
+    suffix = ("" if args.batch == 1 else f"_b{args.batch}") + ("_quick" if args.quick else "")
+    h.write_report(args, f"logdet_{args.device}{suffix}", payload, _markdown(payload))
     return 0
 
 
