@@ -244,6 +244,40 @@ def test_padding_content_ignored_in_training() -> None:
         assert_close(got, want, **TIGHT)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    ("target", "symmetric", "relative"),
+    [("ema", False, False), ("stopgrad", True, False), ("ema", True, True)],
+)
+def test_non_finite_padding_changes_neither_values_nor_gradients(
+    bad: float, target: str, symmetric: bool, relative: bool
+) -> None:
+    # Padded views and actions from torch.empty may hold NaN / Inf; in training (batch statistics) the
+    # outputs and every gradient must equal those with finite garbage there, and be finite.
+    model = _model(
+        ConvEncoder(widths=(4, 8), out_dim=8), target=target, symmetric=symmetric, relative_actions=relative
+    )
+    views, actions = _batch(batch=4, steps=5, seed=8)
+    lengths = [5, 2, 4, 3]
+    mask = torch.tensor([[t >= n for t in range(5)] for n in lengths])
+    act_mask = mask[:, 1:] if relative else mask
+    acts = relative_actions(actions) if relative else actions
+    results = []
+    for fill in (bad, 5.0):
+        model.zero_grad()
+        out = model(
+            views.masked_fill(mask[:, :, None, None, None], fill),
+            acts.masked_fill(act_mask[..., None], fill),
+            padding_mask=mask,
+        )
+        (_loss(out) - 0.1 * coding_rate(out.z_agg) + out.encodings.square().mean()).backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        results.append([*out, *grads])
+    for got, want in zip(*results, strict=True):
+        assert got is not None and want is not None and bool(got.isfinite().all())
+        assert_close(got, want, **TIGHT)
+
+
 @pytest.mark.parametrize("rate_on", ["agg", "encoder"])
 def test_objective_composed_by_the_caller(rate_on: str) -> None:
     # The model returns outputs only; the rate term is added where the objective is composed.

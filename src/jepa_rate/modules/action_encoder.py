@@ -129,13 +129,16 @@ class ActionEncoder(nn.Module):
 
         Args:
             transitions: Relative actions ``(B, L, A)``.
-            valid: Optional bool ``(B, L)``; invalid positions are excluded from the batch statistics and
-                set to zero in the output.
+            valid: Optional bool ``(B, L)``; invalid positions (whatever they hold, NaN included) are
+                excluded from the batch statistics and set to zero in the output.
 
         Returns:
             ``(B, L, E)`` embeddings.
         """
         batch, steps, _ = transitions.shape
+        if valid is not None:
+            # Projected, a NaN in a padded slot would reach the weight's gradient (0 * NaN = NaN): zero it.
+            transitions = transitions.masked_fill(~valid[..., None], 0.0)
         flat: Tensor = self.proj(transitions.reshape(batch * steps, self.action_dim))
         if valid is None:
             normed: Tensor = self.norm(flat)
