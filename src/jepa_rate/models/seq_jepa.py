@@ -32,6 +32,7 @@ __all__ = ["PredictionLossKind", "SeqJEPA", "SeqJEPAOutput", "prediction_loss"]
 
 PredictionLossKind = Literal["cosine", "mse", "smooth_l1"]
 TargetMode = Literal["ema", "stopgrad"]
+TargetPass = Literal["joint", "separate"]
 
 
 def prediction_loss(
@@ -78,6 +79,19 @@ def prediction_loss(
     if kind == "mse":
         return (p - t).square().sum(dim=-1).mean()
     return F.smooth_l1_loss(p, t, reduction="none", beta=beta).sum(dim=-1).mean()
+
+
+def _embed_dim(encoder: nn.Module, embed_dim: int | None) -> int:
+    """The checked encoder output size: ``embed_dim``, or the encoder's ``out_dim`` attribute."""
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+    if embed_dim is None:
+        embed_dim = getattr(encoder, "out_dim", None)
+        if not isinstance(embed_dim, int):
+            raise ValueError(
+                f"embed_dim is required: {type(encoder).__name__} has no int `out_dim` attribute to read"
+            )
+    return check_int(embed_dim, "embed_dim")
 
 
 def _last_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -133,6 +147,14 @@ class SeqJEPA(nn.Module):
         action_embed_dim: Size of the action embeddings (upstream: 128).
         relative_actions: Whether ``forward`` gets relative actions instead of absolute ones.
         target: ``"ema"`` or ``"stopgrad"``.
+        target_pass: How ``target="stopgrad"`` encodes the target views. ``"joint"``: in the same encoder
+            call as the observed views, so batch-norm statistics are shared by all views and running
+            statistics are updated once per step. ``"separate"``: in a second encoder call under
+            ``torch.no_grad()`` after the online one, as upstream's non-EMA mode and the seq-JEPA fork at
+            github.com/kaikun213/seq-jepa do: in training the targets are normalised with their own batch
+            statistics and the encoder's running statistics are updated twice per step. With
+            ``target="ema"`` the EMA copy always encodes the targets in its own pass; only ``"joint"`` (the
+            default) is accepted there.
         ema_decay: EMA decay or schedule ``step -> decay`` (``target="ema"`` only).
         ema_buffers: Buffer policy of :class:`~jepa_rate.modules.EMATarget` (``target="ema"`` only).
         num_layers: Aggregator depth. The aggregator (:class:`~jepa_rate.modules.SeqAggregator`) works on
@@ -188,6 +210,7 @@ class SeqJEPA(nn.Module):
         action_embed_dim: int = 128,
         relative_actions: bool = False,
         target: TargetMode = "ema",
+        target_pass: TargetPass = "joint",
         ema_decay: float | Schedule = 0.996,
         ema_buffers: BufferPolicy = "none",
         num_layers: int = 3,
@@ -203,16 +226,14 @@ class SeqJEPA(nn.Module):
         inverse_action: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
-        if embed_dim is None:
-            embed_dim = getattr(encoder, "out_dim", None)
-            if not isinstance(embed_dim, int):
-                raise ValueError(
-                    f"embed_dim is required: {type(encoder).__name__} has no int `out_dim` attribute to read"
-                )
-        self.embed_dim = check_int(embed_dim, "embed_dim")
+        self.embed_dim = embed_dim = _embed_dim(encoder, embed_dim)
         self.target_mode: TargetMode = check_choice(target, "target", ("ema", "stopgrad"))  # type: ignore[assignment]
+        self.target_pass: TargetPass = check_choice(target_pass, "target_pass", ("joint", "separate"))  # type: ignore[assignment]
+        if target == "ema" and target_pass == "separate":
+            raise ValueError(
+                "target_pass='separate' applies to target='stopgrad' only, got target='ema': the EMA copy "
+                "always encodes the target views in its own pass"
+            )
         self.symmetric = check_bool(symmetric, "symmetric")
         if inverse_action is not None and not callable(inverse_action):
             raise TypeError(f"inverse_action must be callable or None, got {type(inverse_action).__name__}")
@@ -240,15 +261,19 @@ class SeqJEPA(nn.Module):
         """EMA step of the target encoder; returns whether it changed (never in stopgrad or eval mode)."""
         return self.target_encoder.update() if self.target_encoder is not None else False
 
-    def _encode(self, views: Tensor, valid: Tensor | None) -> Tensor:
-        """Online encodings ``(B, S, D)`` of ``views`` ``(B, S, C, H, W)``; invalid entries stay zero."""
-        batch, steps = views.shape[:2]
-        images = views.flatten(0, 1) if valid is None else views[valid]
+    def _features(self, images: Tensor) -> Tensor:
+        """Online encoder features ``(N, D)`` of ``images`` ``(N, C, H, W)``."""
         feats: Tensor = self.encoder(images)
         if feats.ndim != 2 or feats.shape[1] != self.embed_dim:
             raise ValueError(
                 f"encoder must map (N, C, H, W) to (N, {self.embed_dim}), got output {tuple(feats.shape)}"
             )
+        return feats
+
+    def _encode(self, views: Tensor, valid: Tensor | None) -> Tensor:
+        """Online encodings ``(B, S, D)`` of ``views`` ``(B, S, C, H, W)``; invalid entries stay zero."""
+        batch, steps = views.shape[:2]
+        feats = self._features(views.flatten(0, 1) if valid is None else views[valid])
         if valid is None:
             return feats.view(batch, steps, self.embed_dim)
         return feats.new_zeros(batch, steps, self.embed_dim).index_put((valid,), feats)
@@ -289,8 +314,8 @@ class SeqJEPA(nn.Module):
             lengths = check_padding_mask(padding_mask, batch, steps, min_valid=2, name="padding_mask")
             obs_pad = torch.arange(steps - 1, device=views.device)[None, :] >= (lengths[:, None] - 1)
 
-        # Online encodings of all views when the target or the reversed direction needs them, else observed.
-        if self.symmetric or self.target_mode == "stopgrad":
+        # All views when a joint target or the reversed direction needs their online encodings, else observed.
+        if self.symmetric or (self.target_mode == "stopgrad" and self.target_pass == "joint"):
             z = self._encode(views, None if padding_mask is None else ~padding_mask)
         else:
             z = self._encode(views[:, :-1], None if obs_pad is None else ~obs_pad)
@@ -306,15 +331,27 @@ class SeqJEPA(nn.Module):
         agg = self.aggregator(z_obs, act_emb.tokens, key_padding_mask=pad).agg
         pred = self.predictor(agg, act_emb.next)
 
-        source = views if self.target_encoder is not None else z
-        tgt_in = _last_valid(source, lengths)
-        if self.symmetric:
-            tgt_in = torch.cat((tgt_in, source[:, 0]))
-        tgt = (self.target_encoder(tgt_in) if self.target_encoder is not None else tgt_in).detach()
+        tgt = self._target(views, z, lengths)
         encodings = z[:, : steps - 1]
         if obs_pad is not None:
             encodings = encodings.masked_fill(obs_pad[..., None], 0.0)
         return SeqJEPAOutput(prediction=pred, target=tgt, z_agg=agg, encodings=encodings)
+
+    def _target(self, views: Tensor, z: Tensor, lengths: Tensor | None) -> Tensor:
+        """Stop-gradient embeddings of the last valid views (then of the first views, when symmetric)."""
+        joint = self.target_encoder is None and self.target_pass == "joint"
+        source = z if joint else views
+        tgt_in = _last_valid(source, lengths)
+        if self.symmetric:
+            tgt_in = torch.cat((tgt_in, source[:, 0]))
+        if joint:
+            return tgt_in.detach()
+        if self.target_encoder is not None:
+            out: Tensor = self.target_encoder(tgt_in)
+            return out.detach()
+        # A second call of the online encoder, after the online one (the order of the running-stat updates).
+        with torch.no_grad():
+            return self._features(tgt_in)
 
     def _reversed_actions(self, actions: Tensor, lengths: Tensor | None) -> Tensor:
         """Actions of the reversed sequence: absolute ones reversed, relative ones reversed and inverted."""
