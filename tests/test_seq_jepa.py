@@ -433,6 +433,28 @@ def test_state_dict_round_trip() -> None:
         assert torch.equal(got, want)
 
 
+def test_padding_mask_is_checked_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The check costs a host synchronisation; the action encoder must not repeat it inside SeqJEPA.
+    import jepa_rate.models.seq_jepa as seq_jepa_module
+    import jepa_rate.modules.action_encoder as action_encoder_module
+
+    calls = []
+    original = seq_jepa_module.check_padding_mask
+
+    def counting(*args: object, **kwargs: object) -> Tensor:
+        calls.append(kwargs.get("name"))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seq_jepa_module, "check_padding_mask", counting)
+    monkeypatch.setattr(action_encoder_module, "check_padding_mask", counting)
+    model = _model(symmetric=True)
+    views, actions = _batch()
+    mask = torch.zeros(6, 4, dtype=torch.bool)
+    mask[0, 3] = True
+    model(views, actions, padding_mask=mask)
+    assert calls == ["padding_mask"]
+
+
 def test_validation() -> None:
     with pytest.raises(ValueError, match="embed_dim is required"):
         SeqJEPA(nn.Flatten(), action_dim=2)
@@ -450,8 +472,21 @@ def test_validation() -> None:
         with pytest.raises(ValueError, match=match):
             _model(**kwargs)
     for flag in ("symmetric", "norm_first", "relative_actions"):
-        with pytest.raises(TypeError, match=f"{flag.replace('_actions', '_input')} must be a bool, got str"):
+        with pytest.raises(TypeError, match=f"^{flag} must be a bool, got str"):
             _model(**{flag: "no"})
+    # Checked once, by the sub-module that uses it, but reported under the argument the user passed.
+    for name, value, error, match in (
+        ("action_embed_dim", 0, ValueError, "action_embed_dim must be >= 1, got 0"),
+        ("action_embed_dim", "a", TypeError, "action_embed_dim must be an int, got str"),
+        ("predictor_hidden", 0, ValueError, "predictor_hidden must be >= 1, got 0"),
+        ("predictor_layers", 0, ValueError, "predictor_layers must be >= 1, got 0"),
+        ("predictor_norm", "group", ValueError, "predictor_norm must be one of"),
+        ("ema_buffers", "average", ValueError, "ema_buffers must be one of"),
+        ("num_layers", "x", TypeError, "num_layers must be an int"),
+        ("action_dim", 0, ValueError, "action_dim must be >= 1, got 0"),
+    ):
+        with pytest.raises(error, match=f"^{match}"):
+            _model(**{name: value})
     model = _model()
     views, actions = _batch()
     with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
@@ -460,8 +495,16 @@ def test_validation() -> None:
         model(views.to(torch.uint8), actions)
     with pytest.raises(ValueError, match="T >= 2"):
         model(views[:, :1], actions[:, :1])
-    with pytest.raises(ValueError, match=r"actions must have shape \(6, 4, 'A'\)"):
+    with pytest.raises(ValueError, match=r"actions must have shape \(6, 4, 2\) \(A = action_dim\)"):
         model(views, actions[:, :3])
+    with pytest.raises(ValueError, match=r"actions must have shape \(6, 4, 2\).*got \(6, 4, 3\)"):
+        model(views, torch.cat((actions, actions[..., :1]), dim=-1))
+    with pytest.raises(TypeError, match=r"actions must be a floating torch\.Tensor, got dtype torch\.int64"):
+        model(views, actions.long())
+    with pytest.raises(ValueError, match=r"padding_mask row 1 must be right-padded"):
+        model(views, actions, padding_mask=torch.tensor([[False] * 4, [False, True, False, False]] * 3))
+    with pytest.raises(TypeError, match="padding_mask must be a bool tensor"):
+        model(views, actions, padding_mask=torch.zeros(6, 4))
     with pytest.raises(ValueError, match="at least 2 valid"):
         model(views, actions, padding_mask=torch.tensor([[False] + [True] * 3] * 6))
     for removed in ("loss", "rate_on", "rate_weight", "rate_loss", "prediction_weight", "smooth_l1_beta"):

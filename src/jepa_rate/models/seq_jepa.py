@@ -6,7 +6,8 @@ Ghaemi et al., "seq-JEPA: Autoregressive Predictive Learning of Invariant-Equiva
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
 import torch
@@ -92,6 +93,23 @@ def _embed_dim(encoder: nn.Module, embed_dim: int | None) -> int:
                 f"embed_dim is required: {type(encoder).__name__} has no int `out_dim` attribute to read"
             )
     return check_int(embed_dim, "embed_dim")
+
+
+@contextmanager
+def _named_as(**names: str) -> Iterator[None]:
+    """Re-raises a sub-module's argument error under the name the user passed to :class:`SeqJEPA`.
+
+    The sub-modules check their arguments; their messages start with their own parameter names
+    (``hidden_dim must be >= 1``), which would point a :class:`SeqJEPA` user at the wrong argument.
+    """
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for inner, outer in names.items():
+            if message.startswith(f"{inner} "):
+                raise type(exc)(outer + message[len(inner) :]) from exc
+        raise
 
 
 def _last_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -239,16 +257,19 @@ class SeqJEPA(nn.Module):
             raise TypeError(f"inverse_action must be callable or None, got {type(inverse_action).__name__}")
         self.inverse_action = inverse_action
         self.encoder = encoder
-        self.action_encoder = ActionEncoder(action_dim, action_embed_dim, relative_input=relative_actions)
+        with _named_as(embed_dim="action_embed_dim", relative_input="relative_actions"):
+            self.action_encoder = ActionEncoder(action_dim, action_embed_dim, relative_input=relative_actions)
         d_model = embed_dim + action_embed_dim
         self.aggregator = SeqAggregator(
             d_model, num_layers, num_heads, dim_feedforward, dropout, norm_first=norm_first, max_len=max_len
         )
-        self.predictor = ActionConditionedPredictor(
-            d_model, action_embed_dim, embed_dim, predictor_hidden, predictor_layers, norm=predictor_norm
-        )
+        with _named_as(hidden_dim="predictor_hidden", num_layers="predictor_layers", norm="predictor_norm"):
+            self.predictor = ActionConditionedPredictor(
+                d_model, action_embed_dim, embed_dim, predictor_hidden, predictor_layers, norm=predictor_norm
+            )
         if target == "ema":
-            self.target_encoder: EMATarget | None = EMATarget(encoder, ema_decay, buffers=ema_buffers)
+            with _named_as(buffers="ema_buffers"):
+                self.target_encoder: EMATarget | None = EMATarget(encoder, ema_decay, buffers=ema_buffers)
         else:
             # Unused without a teacher, but a typo in a config should still fail here, not pass unnoticed.
             check_choice(ema_buffers, "ema_buffers", ("none", "ema", "copy"))
@@ -283,12 +304,16 @@ class SeqJEPA(nn.Module):
         if views.ndim != 5 or views.shape[1] < 2:
             raise ValueError(f"views must have shape (B, T, C, H, W) with T >= 2, got {tuple(views.shape)}")
         batch, steps = views.shape[:2]
-        action_steps = steps - 1 if self.action_encoder.relative_input else steps
-        if not isinstance(actions, Tensor) or actions.shape[:2] != (batch, action_steps):
-            shape = tuple(actions.shape) if isinstance(actions, Tensor) else type(actions).__name__
+        expected = (
+            batch,
+            steps - 1 if self.action_encoder.relative_input else steps,
+            self.action_encoder.action_dim,
+        )
+        check_floating_tensor(actions, "actions")
+        if actions.shape != expected:
             raise ValueError(
-                f"actions must have shape {(batch, action_steps, 'A')} for views of shape "
-                f"{tuple(views.shape)}, got {shape}"
+                f"actions must have shape {expected} (A = action_dim) for views of shape "
+                f"{tuple(views.shape)}, got {tuple(actions.shape)}"
             )
         return batch, steps
 
@@ -321,13 +346,14 @@ class SeqJEPA(nn.Module):
             z = self._encode(views[:, :-1], None if obs_pad is None else ~obs_pad)
 
         # Forward direction: predict the last valid view. Reversed direction (symmetric): predict the first.
-        z_obs, acts, mask, pad = z[:, : steps - 1], actions, padding_mask, obs_pad
+        z_obs, acts, lens, pad = z[:, : steps - 1], actions, lengths, obs_pad
         if self.symmetric:
             z_obs = torch.cat((z_obs, reverse_valid_prefix(z, lengths)[:, : steps - 1]))
             acts = torch.cat((actions, self._reversed_actions(actions, lengths)))
-            mask = None if mask is None else mask.repeat(2, 1)
+            lens = None if lens is None else lens.repeat(2)
             pad = None if pad is None else pad.repeat(2, 1)
-        act_emb = self.action_encoder(acts, padding_mask=mask)
+        # Inputs and mask are checked above, once: the action encoder's own forward would check them again.
+        act_emb = self.action_encoder._embed_checked(acts, lens)
         agg = self.aggregator(z_obs, act_emb.tokens, key_padding_mask=pad).agg
         pred = self.predictor(agg, act_emb.next)
 

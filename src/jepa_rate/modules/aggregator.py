@@ -188,15 +188,16 @@ class SeqAggregator(nn.Module):
         activation: Activation = "relu",
     ) -> None:
         super().__init__()
-        check_int(d_model, "d_model")
+        # d_model sizes the tokens built here, before the layers that check it again; the layers alone check
+        # num_heads, dim_feedforward, dropout, norm_first and activation.
+        self.d_model = check_int(d_model, "d_model")
         check_int(num_layers, "num_layers")
-        ff = 4 * d_model if dim_feedforward is None else check_int(dim_feedforward, "dim_feedforward")
-        self.d_model = d_model
         self.max_len = None if max_len is None else check_int(max_len, "max_len")
         self.agg_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embed = None if max_len is None else nn.Parameter(torch.zeros(1, max_len, d_model))
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        ff = 4 * d_model if dim_feedforward is None else dim_feedforward
         # Separate constructor calls, so each layer gets its own random initial weights.
         self.layers = nn.ModuleList(
             TransformerLayer(d_model, num_heads, ff, dropout, norm_first=norm_first, activation=activation)
