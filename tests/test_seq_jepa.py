@@ -1,8 +1,6 @@
-"""Tests for the SeqJEPA assembly, its prediction loss and the encoders."""
+"""Tests for the SeqJEPA assembly: outputs, symmetric prediction, padding, validation, prediction_loss."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
@@ -11,55 +9,12 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 
 from jepa_rate import CodingRateLoss, coding_rate
-from jepa_rate.models import ConvEncoder, SeqJEPA, SeqJEPAOutput, cifar_resnet18, prediction_loss
+from jepa_rate.models import ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
 from jepa_rate.modules import relative_actions
-
-F64 = torch.float64
-# Every comparison below runs the same float64 operations on the same numbers, possibly batched or ordered
-# differently: differences are round-off (~1e-14 on values of order 1). 1e-10 is far below any real
-# discrepancy (a wrong target, mask or direction changes the loss by > 1e-3).
-TIGHT = {"rtol": 1e-10, "atol": 1e-10}
-IMAGE = (3, 4, 4)
-
-
-class FlatEncoder(nn.Module):
-    """A BN-free encoder, so that no batch statistic couples the views in gradient tests."""
-
-    def __init__(self, out_dim: int = 8) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.Tanh(), nn.Linear(16, out_dim))
-        self.out_dim = out_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.net(x)
-        return out
-
-
-def _model(encoder: nn.Module | None = None, **kwargs: object) -> SeqJEPA:
-    torch.manual_seed(0)
-    options: dict[str, object] = {
-        "action_dim": 2,
-        "action_embed_dim": 4,
-        "num_layers": 2,
-        "num_heads": 2,
-        "predictor_hidden": 16,
-        "dropout": 0.0,
-    }
-    options.update(kwargs)
-    model = SeqJEPA(FlatEncoder() if encoder is None else encoder, **options)  # type: ignore[arg-type]
-    return model.double()
-
-
-def _loss(out: SeqJEPAOutput) -> Tensor:
-    """The upstream objective: ``1 - cos`` averaged over the batch (and both directions when symmetric)."""
-    return prediction_loss(out.prediction, out.target)
-
-
-def _batch(batch: int = 6, steps: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    views = torch.randn(batch, steps, *IMAGE, generator=gen, dtype=F64)
-    actions = torch.randn(batch, steps, 2, generator=gen, dtype=F64)
-    return views, actions
+from seq_jepa_setup import F64, TIGHT, FlatEncoder
+from seq_jepa_setup import build_model as _model
+from seq_jepa_setup import jepa_loss as _loss
+from seq_jepa_setup import make_batch as _batch
 
 
 def test_parameter_count_matches_upstream() -> None:
@@ -78,23 +33,6 @@ def test_parameter_count_matches_upstream() -> None:
     assert not any(p.requires_grad for p in model.target_encoder.parameters())
 
 
-def test_cifar_resnet18_stem() -> None:
-    net = cifar_resnet18()
-    assert isinstance(net.conv1, nn.Conv2d) and net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
-    assert isinstance(net.maxpool, nn.Identity) and isinstance(net.fc, nn.Identity)
-    assert net(torch.randn(2, 3, 8, 8)).shape == (2, 512)
-    with pytest.raises(TypeError, match="zero_init_residual must be a bool"):
-        cifar_resnet18(zero_init_residual="no")  # type: ignore[arg-type]
-
-
-def test_conv_encoder_size() -> None:
-    enc = ConvEncoder()
-    assert 300_000 <= sum(p.numel() for p in enc.parameters()) <= 1_000_000
-    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, enc.out_dim)
-    with pytest.raises(ValueError, match="widths"):
-        ConvEncoder(widths=())
-
-
 @pytest.mark.parametrize("target", ["ema", "stopgrad"])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("relative", [False, True])
@@ -108,104 +46,6 @@ def test_output_shapes_and_dtypes(target: str, symmetric: bool, relative: bool) 
     assert out.prediction.shape == (rows, 8) and out.target.shape == (rows, 8)
     assert all(t.dtype == F64 for t in out)
     assert torch.isfinite(_loss(out)) and not out.target.requires_grad and out.prediction.requires_grad
-
-
-@pytest.mark.parametrize("target", ["ema", "stopgrad"])
-def test_gradients_reach_online_modules_and_never_the_target(target: str) -> None:
-    model = _model(target=target)
-    views, actions = _batch()
-    views.requires_grad_(True)
-    _loss(model(views, actions)).backward()
-    assert views.grad is not None
-    # The target view only feeds the stop-gradient target.
-    assert torch.equal(views.grad[:, -1], torch.zeros_like(views.grad[:, -1]))
-    assert bool((views.grad[:, :-1].abs().sum(dim=(2, 3, 4)) > 0).all())
-    for name, p in model.named_parameters():
-        if name.startswith("target_encoder."):
-            assert p.grad is None and not p.requires_grad, name
-        else:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
-
-
-def test_stopgrad_target_is_detached_online_encoding() -> None:
-    model = _model(target="stopgrad").eval()
-    views, actions = _batch()
-    out = model(views, actions)
-    assert_close(out.target, model.encoder(views[:, -1]).detach(), **TIGHT)
-    assert model.target_encoder is None and model.update_target() is False
-
-
-def test_ema_target_and_update() -> None:
-    model = _model(target="ema", ema_decay=0.5)
-    views, actions = _batch()
-    out = model(views, actions)
-    assert model.target_encoder is not None
-    assert_close(out.target, model.target_encoder.module(views[:, -1]), **TIGHT)
-    _loss(out).backward()
-    with torch.no_grad():
-        for p in model.encoder.parameters():
-            p.sub_(0.1 * p.grad)  # type: ignore[operator]
-    old = [p.clone() for p in model.target_encoder.parameters()]
-    assert model.update_target()
-    for t, o, e in zip(model.target_encoder.parameters(), old, model.encoder.parameters(), strict=True):
-        assert_close(t, 0.5 * o + 0.5 * e, **TIGHT)
-
-
-def _batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
-    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-
-
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_separate_target_pass_is_a_second_encoder_call(symmetric: bool) -> None:
-    # The seq-JEPA fork encodes the target views in their own no-grad encoder call after the online one.
-    views, actions = _batch(batch=8, seed=9)
-    enc = ConvEncoder(widths=(4, 8), out_dim=8)
-    model = _model(enc, target="stopgrad", target_pass="separate", symmetric=symmetric)
-    manual = copy.deepcopy(model.encoder)
-    views.requires_grad_(True)
-    out = model(views, actions)
-    online = manual(views.flatten(0, 1) if symmetric else views[:, :-1].flatten(0, 1)).view(8, -1, 8)
-    targets = views[:, -1] if not symmetric else torch.cat((views[:, -1], views[:, 0]))
-    with torch.no_grad():
-        expected = manual(targets)
-    assert_close(out.encodings, online[:, :3], **TIGHT)
-    assert_close(out.target, expected, **TIGHT)
-    # Running statistics: updated twice (online views, then targets), exactly as by the two manual calls.
-    for ours, ref in zip(_batch_norms(model.encoder), _batch_norms(manual), strict=True):
-        assert int(ours.num_batches_tracked) == 2
-        assert_close(ours.running_mean, ref.running_mean, **TIGHT)
-        assert_close(ours.running_var, ref.running_var, **TIGHT)
-    # Gradients flow through the online branch only.
-    assert out.target.grad_fn is None and not out.target.requires_grad
-    _loss(out).backward()
-    assert views.grad is not None
-    if not symmetric:
-        assert torch.equal(views.grad[:, -1], torch.zeros_like(views.grad[:, -1]))
-    manual_loss = prediction_loss(out.prediction, expected)
-    assert_close(_loss(out), manual_loss.detach(), **TIGHT)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-
-
-def test_separate_and_joint_target_passes_differ_only_through_batch_statistics() -> None:
-    views, actions = _batch(batch=8, seed=10)
-    enc = ConvEncoder(widths=(4, 8), out_dim=8)
-    joint = _model(enc, target="stopgrad")
-    separate = _model(copy.deepcopy(enc), target="stopgrad", target_pass="separate")
-    separate.load_state_dict(joint.state_dict())
-    manual = copy.deepcopy(joint.encoder)
-    out_joint, out_separate = joint(views, actions), separate(views, actions)
-    # Joint: one call over all views, whose statistics the targets share; running statistics updated once.
-    with torch.no_grad():
-        assert_close(out_joint.target, manual(views.flatten(0, 1)).view(8, 4, 8)[:, -1], **TIGHT)
-    assert all(int(bn.num_batches_tracked) == 1 for bn in _batch_norms(joint.encoder))
-    for got, want in ((out_separate.target, out_joint.target), (out_separate.encodings, out_joint.encodings)):
-        assert float((got - want).detach().norm() / want.detach().norm()) > 1e-2
-    # In eval mode the running statistics are used: both passes give the same outputs.
-    joint.eval()
-    separate.eval()
-    separate.load_state_dict(joint.state_dict())
-    for got, want in zip(separate(views, actions), joint(views, actions), strict=True):
-        assert_close(got, want, **TIGHT)
 
 
 def test_symmetric_differs_and_is_reversal_symmetric() -> None:
