@@ -25,9 +25,9 @@ Why each choice:
   factorization reads only the lower triangle.
 * On CPU, a successful float32 factorization whose rate is estimated to be off by more than 1e-3 (see
   ``_host.needs_float64``) is redone by the float64 QR route, whose factor also serves the backward.
-* On the ``d`` side, from 128 rows on, the Gram is summed around the row mean (``XᵀX = X_cᵀX_c + n·μμᵀ``):
-  collapsed rows make a plain float32 sum round every term the same way, an error that lands on the unit
-  eigenvalues of ``I + a·G``.
+* On the ``d`` side, from 128 rows on, a set whose mean carries half its energy is summed around the row
+  mean (``XᵀX = X_cᵀX_c + n·μμᵀ``): collapsed rows make a plain float32 sum round every term the same way,
+  an error that lands on the unit eigenvalues of ``I + a·G``.
 * Off CPU nothing in forward or backward reads a value on the host: the rare branches (series, failed
   factor, non-finite input) are all computed and selected with :func:`torch.where`, and the backward inverts
   with a triangular solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device
