@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from jepa_rate import CodingRateLoss, coding_rate
+from jepa_rate import CodingRateLoss, coding_rate, rate_reduction
 from jepa_rate.numerics import _host
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_reference
@@ -218,6 +218,29 @@ def test_nonfinite_inputs_propagate_nan_or_raise() -> None:
     assert int(CodingRateLoss().forward_components(nan_z).fallback_count) == 0
     with pytest.raises(ValueError, match=r"NaN or Inf \(first at index \(1, 3, 2\)"):
         coding_rate(z.detach(), nonfinite="raise")
+
+
+@pytest.mark.usefixtures("branches")
+@pytest.mark.parametrize("bad", ["overflow", "inf"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_nonfinite_sets_get_a_nan_gradient_on_every_side(bad: str, d: int) -> None:
+    # With d = 1 the factor of an overflowed (infinite) Gram "succeeds", and its inverse is a finite zero:
+    # the NaN must still reach every entry of the set's gradient, in coding_rate and in rate_reduction.
+    good = torch.randn(8, d)
+    z = 1e20 * torch.randn(8, d) if bad == "overflow" else torch.randn(8, d)
+    if bad == "inf":
+        z[2, 0] = math.inf
+    batch = torch.stack([good, z]).requires_grad_()
+    rate = coding_rate(batch)
+    rate.sum().backward()
+    assert batch.grad is not None
+    assert bool(rate[0].isfinite()) and bool(rate[1].isnan())
+    assert bool(batch.grad[0].isfinite().all()) and bool(batch.grad[1].isnan().all())
+    single = z.clone().requires_grad_()
+    out = rate_reduction(single, torch.arange(8) % 2)
+    out.delta.backward()
+    assert single.grad is not None
+    assert bool(out.delta.isnan()) and bool(single.grad.isnan().all())
 
 
 # ---------------------------------------------------------------- input validation

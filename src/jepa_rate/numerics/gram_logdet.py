@@ -277,8 +277,8 @@ class _GramHalfLogdet(torch.autograd.Function):
             dist.all_reduce(coef, group=group)
         # Failed factors (now unit triangular) get exactly zero gradient; non-finite input gets NaN.
         if failed is not None:
-            coef = torch.where(failed, 0.0 if probe is None else probe, coef)
-        elif probe is not None:
+            coef = torch.where(failed, 0.0, coef)
+        if probe is not None:  # also where the factor "succeeded" on an overflowed Gram (e.g. d = 1)
             coef = coef + probe
         # M⁻¹ is symmetric and comes back column-major: its transpose is the same matrix, row-major, which
         # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor. A saved
