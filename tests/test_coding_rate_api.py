@@ -15,7 +15,7 @@ from torch.testing import assert_close
 from jepa_rate import CodingRateLoss, coding_rate, rate_reduction
 from jepa_rate.numerics import _host
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
-from reference import rate_reference
+from reference import rate_grad_reference, rate_reference
 
 
 def collapsed_at_large_scale() -> torch.Tensor:
@@ -48,6 +48,25 @@ def test_center_and_normalize_preprocess_rows() -> None:
     assert_close(coding_rate(z, center=True), coding_rate(z - z.mean(0)), rtol=1e-12, atol=0)
     both = normed - normed.mean(0)
     assert_close(coding_rate(z, normalize=True, center=True), coding_rate(both), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_centering_near_collapse_keeps_float32_accuracy(seed: int) -> None:
+    # Rows = a common base + 1e-6 x a rank-one spread: the rate measures the spread alone (q ~ 1e-14). A
+    # one-pass float32 mean is off by u·|base|, a constant row as large as the spread (1e-2 relative).
+    g = torch.Generator().manual_seed(seed)
+    n = d = 512
+    base = torch.rand(1, d, generator=g) * 6 - 3
+    z = base + 1e-6 * torch.randn(n, 1, generator=g) * torch.randn(1, d, generator=g)
+    centered = z.double() - z.double().mean(0)
+    a = d / (n * 0.5)
+    x = z.clone().requires_grad_()
+    rate = coding_rate(x, center=True)
+    rate.backward()
+    assert_close(rate.double(), rate_reference(centered, a), rtol=1e-4, atol=0)
+    expected = rate_grad_reference(centered, a)
+    assert x.grad is not None
+    assert_close(x.grad.double(), expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
 
 
 def test_output_dtype_follows_input() -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from jepa_rate._validation import check_compute_dtype, check_positive
+from jepa_rate.numerics.distributed import global_row_mean
 
 __all__ = [
     "DEFAULT_EPS",
     "NONFINITE_POLICIES",
+    "center_rows",
     "check_all_finite",
     "check_gram_finite",
     "output_dtype",
@@ -55,6 +59,21 @@ def to_compute_dtype(z: Tensor, compute_dtype: torch.dtype | None, *, normalize:
     if normalize:
         x = F.normalize(x, dim=-1)
     return x
+
+
+def center_rows(x: Tensor, *, distributed: bool = False, group: Any = None) -> Tensor:
+    """``x`` minus the mean of its rows (over all ranks when ``distributed``), in two passes.
+
+    Near collapse the rows share a large common part: a one-pass float32 mean is off by ``u`` times that
+    part, and every centered row carries the same error, a rank-one term as large as the spread it should
+    measure (1e-2 relative on the rate seen at ``q ~ 1e-14``). Subtracting a first mean (a constant shift,
+    no gradient) first leaves rows of the spread's size, whose mean the second pass takes accurately.
+    """
+    with torch.no_grad():
+        shift = global_row_mean(x, group) if distributed else x.mean(dim=-2, keepdim=True)
+    shifted = x - shift
+    mean = global_row_mean(shifted, group) if distributed else shifted.mean(dim=-2, keepdim=True)
+    return shifted - mean
 
 
 def check_gram_finite(scaled_trace: Tensor, dtype: torch.dtype) -> None:

@@ -17,13 +17,14 @@ from jepa_rate._validation import (
 from jepa_rate.losses._rate_input import (
     DEFAULT_EPS,
     NONFINITE_POLICIES,
+    center_rows,
     check_all_finite,
     check_gram_finite,
     output_dtype,
     rate_scale_numerator,
     to_compute_dtype,
 )
-from jepa_rate.numerics.distributed import global_row_mean, require_process_group, world_size
+from jepa_rate.numerics.distributed import require_process_group, world_size
 from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, gram_half_logdet
 from jepa_rate.numerics.precision import float32_island
 
@@ -91,7 +92,7 @@ def _rate(
     with float32_island(z.device):
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
         if center:
-            x = x - (global_row_mean(x, group) if gather_distributed else x.mean(dim=-2, keepdim=True))
+            x = center_rows(x, distributed=gather_distributed, group=group)
         if x.ndim > 3:
             # One matrix or one batch dimension go through as they are: a reshape would add autograd nodes.
             x = x.reshape(-1, n, d)
