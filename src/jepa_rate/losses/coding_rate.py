@@ -25,7 +25,7 @@ from jepa_rate.losses._rate_input import (
     to_compute_dtype,
 )
 from jepa_rate.numerics.distributed import require_process_group, world_size
-from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, gram_half_logdet
+from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, half_logdet
 from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["CodingRateComponents", "CodingRateLoss", "coding_rate"]
@@ -97,7 +97,7 @@ def _rate(
             # One matrix or one batch dimension go through as they are: a reshape would add autograd nodes.
             x = x.reshape(-1, n, d)
         scale = numerator / total_n
-        core = gram_half_logdet(
+        core = half_logdet(
             x,
             scale,
             mode=mode,

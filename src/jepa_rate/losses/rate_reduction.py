@@ -22,7 +22,7 @@ from jepa_rate.losses._rate_input import (
     output_dtype,
     to_compute_dtype,
 )
-from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, gram_half_logdet
+from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, half_logdet
 from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["RateReduction", "RateReductionComponents", "RateReductionLoss", "rate_reduction"]
@@ -113,7 +113,8 @@ def rate_reduction(
     ``ΔR = R(Z) - Σ_j (n_j/n) R(Z_j)`` with ``R(Z_j) = 1/2 logdet(I + d/(n_j·eps) Z_jᵀZ_j)``, as in the MCR²
     code (``eps`` plays the role of eps²). The class terms are computed in a few batched calls (classes
     grouped by size, zero-padded, each group on its cheaper side), with no Python loop over classes and no
-    ``n x n`` membership matrix. Reading the class sizes is one host sync.
+    ``n x n`` membership matrix. Reading the class sizes is one host sync, and a graph break under
+    ``torch.compile`` (which compiles it without ``fullgraph=True``).
 
     Args:
         z: Embeddings, ``(n, d)``.
@@ -162,7 +163,7 @@ def rate_reduction(
 
     with float32_island(z.device):
         x = to_compute_dtype(z, compute_dtype, normalize=normalize)
-        whole = gram_half_logdet(x, d / (n * eps), fallback=fallback)
+        whole = half_logdet(x, d / (n * eps), fallback=fallback)
         expand, failures, traces = whole.rate, whole.failed.sum(), [whole.scaled_trace.reshape(1)]
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
@@ -175,7 +176,7 @@ def rate_reduction(
             size = counts[cls].to(x.dtype)
             # index_select rather than advanced indexing: its backward is a plain index_add.
             members = padded_source.index_select(0, rows.flatten()).view(len(classes), width, d)
-            per_class = gram_half_logdet(members, d / (size * eps), fallback=fallback)
+            per_class = half_logdet(members, d / (size * eps), fallback=fallback)
             compress = compress + (size / n * per_class.rate).sum()
             failures = failures + per_class.failed.sum()
             traces.append(per_class.scaled_trace)

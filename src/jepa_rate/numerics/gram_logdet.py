@@ -58,7 +58,7 @@ from jepa_rate.numerics import _host
 from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
 from jepa_rate.numerics.precision import float32_island, matmul_precision_reduced
 
-__all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet"]
+__all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet", "half_logdet"]
 
 Method = Literal["auto", "cholesky", "qr"]
 Fallback = Literal["zero", "float64", "raise"]
@@ -355,6 +355,23 @@ def gram_half_logdet(
         True
     """
     _check_kernel_arguments(x, scale, mode, method, fallback)
+    return half_logdet(x, scale, mode=mode, group=group, fallback=fallback, method=method)
+
+
+def half_logdet(
+    x: Tensor,
+    scale: Tensor | float,
+    *,
+    mode: ReduceMode = "local",
+    group: Any = None,
+    fallback: Fallback = "zero",
+    method: Method = "auto",
+) -> GramLogdet:
+    """:func:`gram_half_logdet` without its argument checks, for callers that checked their own arguments.
+
+    Its Python-side checks would also break ``torch.compile`` with dynamic shapes, where ``scale`` is
+    symbolic.
+    """
     orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
     gram_in_float64 = x.dtype == torch.float32 and matmul_precision_reduced(x.device)
     with float32_island(x.device):
