@@ -86,6 +86,16 @@ def test_empty_classes_and_num_classes() -> None:
     assert_close(rate_reduction(z, labels, num_classes=6), rate_reduction(z, labels // 2))
 
 
+@pytest.mark.parametrize("largest", [5 * 10**7, 10**12, 2**62])
+def test_large_label_values_are_sized_by_the_classes_present(largest: int) -> None:
+    # A count array sized by the largest label took 2.2 GB at 5e7 and could not be allocated at 1e12.
+    z = torch.randn(10, 4, dtype=torch.float64)
+    labels = torch.tensor([0] * 6 + [largest] * 4)
+    assert_close(rate_reduction(z, labels), rate_reduction(z, (labels > 0).long()), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"labels must lie in \\[0, 3\\), got min 0 and max {largest}"):
+        rate_reduction(z, labels, num_classes=3)
+
+
 def test_failures_are_counted_and_float32_input_of_float64_compute() -> None:
     # Rank-2 features at q far above 1: the float32 factorizations fail. On the device route (CUDA,
     # torch.compile) the fallback gives 0 and is counted; on CPU the batch is redone in float64.

@@ -70,16 +70,19 @@ def _check_labels(labels: object, n: int, num_classes: int | None) -> Tensor:
     return labels
 
 
-def _class_sizes(labels: Tensor, num_classes: int | None) -> tuple[Tensor, list[int]]:
-    """Per-class counts on the device and on the host (the one deliberate sync: shapes depend on them)."""
-    lo, hi = torch.aminmax(labels)
-    counts = torch.bincount(labels.clamp_min(0), minlength=num_classes or 0)
-    *sizes, lo_value, hi_value = torch.cat([counts, lo.view(1), hi.view(1)]).tolist()
+def _class_sizes(labels: Tensor, num_classes: int | None) -> tuple[Tensor, Tensor, list[int]]:
+    """The labels renumbered over the classes present, their counts on the device and on the host.
+
+    Sized by the classes present, never by the largest label value (a label of 10⁹ would otherwise size a
+    count array of 10⁹). Reading the counts is the one deliberate sync: shapes depend on them.
+    """
+    present, compact, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    *sizes, lo_value, hi_value = torch.cat([counts, present[:1], present[-1:]]).tolist()
     if lo_value < 0 or (num_classes is not None and hi_value >= num_classes):
         raise ValueError(
             f"labels must lie in [0, {num_classes or 'num_classes'}), got min {lo_value} and max {hi_value}"
         )
-    return counts, sizes
+    return compact, counts, sizes
 
 
 def _size_buckets(sizes: list[int]) -> list[list[int]]:
@@ -119,7 +122,8 @@ def rate_reduction(
     Args:
         z: Embeddings, ``(n, d)``.
         labels: Class (or cluster) index of each row, integers in ``[0, num_classes)``.
-        num_classes: Number of classes; default ``labels.max() + 1``. Empty classes contribute nothing.
+        num_classes: Number of classes, checked against the labels; default: any non-negative label.
+            Empty classes contribute nothing, and memory follows the classes present, not the label values.
         eps: The distortion (as eps²), > 0. Default (``None``) 0.5, MCR²'s.
         normalize: L2-normalize the rows first (MCR² normalizes its features).
         compute_dtype: See :func:`jepa_rate.coding_rate`.
@@ -157,8 +161,8 @@ def rate_reduction(
     if nonfinite == "raise":
         check_all_finite(z)
     labels = labels.to(device=z.device, dtype=torch.long)
-    counts, sizes = _class_sizes(labels, num_classes)
-    order = torch.argsort(labels, stable=True)
+    compact, counts, sizes = _class_sizes(labels, num_classes)
+    order = torch.argsort(compact, stable=True)
     starts = torch.cumsum(counts, 0) - counts
 
     with float32_island(z.device):
