@@ -69,6 +69,20 @@ def test_centering_near_collapse_keeps_float32_accuracy(seed: int) -> None:
     assert_close(x.grad.double(), expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("shape", [(64, 32), (16, 40), (200, 20), (3, 8, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_meta_tensors_trace_shapes(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    # Meta tensors are how models are sized without memory; the meta device has no autocast.
+    z = torch.randn(shape, device="meta", dtype=dtype, requires_grad=True)
+    rate = coding_rate(z, center=True)
+    assert rate.device.type == "meta" and rate.shape == shape[:-2]
+    assert rate.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    rate.sum().backward()
+    assert z.grad is not None and z.grad.shape == z.shape and z.grad.device.type == "meta"
+    parts = CodingRateLoss(alpha=1.0).forward_components(z.detach())
+    assert all(part.device.type == "meta" and part.shape == () for part in parts)
+
+
 def test_output_dtype_follows_input() -> None:
     z = torch.randn(16, 8)
     assert coding_rate(z).dtype == torch.float32

@@ -56,7 +56,7 @@ from torch.autograd.function import FunctionCtx
 from jepa_rate._validation import check_choice, check_nonnegative
 from jepa_rate.numerics import _host
 from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
-from jepa_rate.numerics.precision import float32_island, matmul_precision_reduced
+from jepa_rate.numerics.precision import autocast_enabled, float32_island, matmul_precision_reduced
 
 __all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet", "half_logdet"]
 
@@ -251,7 +251,7 @@ class _GramHalfLogdet(torch.autograd.Function):
             return None, None, None, None, None, None
         x, chol, failed, probe, inverse, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
         # The backward runs under the autocast state around the backward() call, not the forward's.
-        if not torch.is_autocast_enabled(x.device.type):
+        if not autocast_enabled(x.device):
             return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, inverse, scale_tensor)
         with float32_island(x.device):
             return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, inverse, scale_tensor)
