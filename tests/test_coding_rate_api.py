@@ -193,6 +193,26 @@ def device_route(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
 
 
+@pytest.mark.usefixtures("branches")
+def test_sets_beyond_the_float32_contract_are_counted_where_unchecked(branches: str) -> None:
+    # Rank-2 features: q ~ 0.2 at eps = 1e-2 and ~2e-5 at eps = 100; q = 0 for the zeros.
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(2, 256, 2, generator=g) @ torch.randn(2, 2, 128, generator=g)
+    z = torch.cat([low_rank, torch.zeros(1, 256, 128)])
+    q = 2.0**-24 * (128 / (256 * 1e-2)) * z.double().square().sum((-2, -1))
+    assert bool((q[:2] > 1e-3).all())
+    parts = CodingRateLoss(eps=1e-2).forward_components(z)
+    exact = rate_reference(z, 128 / (256 * 1e-2)).mean()
+    if branches == "device":
+        assert int(parts.beyond_contract_count) == 2
+    else:  # checked on the host, and redone in float64 where inaccurate
+        assert int(parts.beyond_contract_count) == 0
+        assert_close(parts.rate.double(), exact, rtol=1e-3, atol=0)
+    assert int(CodingRateLoss(eps=100.0).forward_components(z).beyond_contract_count) == 0
+    in_float64 = CodingRateLoss(eps=1e-2, compute_dtype=torch.float64).forward_components(z)
+    assert int(in_float64.beyond_contract_count) == 0
+
+
 def test_failed_factorization_on_cpu_is_redone_in_float64() -> None:
     z = torch.stack([collapsed_at_large_scale(), torch.randn(512, 64)]).requires_grad_()
     parts = CodingRateLoss(eps=1e-3).forward_components(z)

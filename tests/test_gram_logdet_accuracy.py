@@ -126,7 +126,7 @@ def test_the_inverse_formed_by_the_check_serves_the_backward() -> None:
 
 
 def _sparse_rows(seed: int) -> tuple[torch.Tensor, float]:
-    """``n >= 128`` rows of which one to five are non-zero (entries up to 3), at a scale with ``q <= 1e-3``."""
+    """``n >= 128`` rows, one to five of them non-zero (entries up to 3), at a scale with ``q <= 1e-3``."""
     g = torch.Generator().manual_seed(seed)
     n, d = int(torch.randint(128, 1500, (1,), generator=g)), int(torch.randint(1, 24, (1,), generator=g))
     m = int(torch.randint(1, 6, (1,), generator=g))

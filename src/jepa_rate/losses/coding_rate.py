@@ -25,7 +25,14 @@ from jepa_rate.losses._rate_input import (
     to_compute_dtype,
 )
 from jepa_rate.numerics.distributed import require_process_group, world_size
-from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, half_logdet
+from jepa_rate.numerics.gram_logdet import (
+    FALLBACKS,
+    Fallback,
+    GramLogdet,
+    ReduceMode,
+    beyond_float32_contract,
+    half_logdet,
+)
 from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["CodingRateComponents", "CodingRateLoss", "coding_rate"]
@@ -44,6 +51,10 @@ class CodingRateComponents(NamedTuple):
             ``~1/k`` a collapse onto one direction. 0 for an all-zero batch.
         scale: The effective scale ``a`` in ``I + a ZᵀZ`` (uses the global ``n`` when distributed).
         fallback_count: How many sets had a failed factorization and took the fallback (int64).
+        beyond_contract_count: How many float32 sets had ``q = u·a·tr(ZᵀZ) > 1e-3`` on a route that does not
+            check accuracy on the host (CUDA, ``torch.compile``, after a distributed ``all_reduce``): if
+            their features are rank-deficient, their rate and gradient may be off by more than 1e-3
+            (int64, counted on the device). Always 0 in float64 and in eager mode on CPU.
     """
 
     loss: Tensor
@@ -51,10 +62,12 @@ class CodingRateComponents(NamedTuple):
     normalized_rate: Tensor
     scale: Tensor
     fallback_count: Tensor
+    beyond_contract_count: Tensor
 
 
 class _RateResult(NamedTuple):
     core: GramLogdet
+    beyond_contract: Tensor
     scale: float
     k: int
     batch_shape: torch.Size
@@ -106,12 +119,13 @@ def _rate(
         )
     if nonfinite == "raise":
         check_gram_finite(core.scaled_trace, x.dtype)
+    beyond = beyond_float32_contract(x, mode, core.scaled_trace)
     out_dtype = output_dtype(z)
     if core.rate.dtype != out_dtype:
         # compute_dtype=float64 for lower-precision input comes back as float32, compute_dtype=float32 for
         # float64 input as float64: the output follows the input.
         core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
-    return _RateResult(core, scale, min(total_n, d), z.shape[:-2])
+    return _RateResult(core, beyond, scale, min(total_n, d), z.shape[:-2])
 
 
 def coding_rate(
@@ -319,4 +333,5 @@ class CodingRateLoss(nn.Module):
             # A fill on the device: torch.tensor would copy from the host and synchronize on CUDA.
             scale=torch.full((), result.scale, dtype=rate.dtype, device=rate.device),
             fallback_count=result.core.failed.sum(),
+            beyond_contract_count=result.beyond_contract.sum(),
         )

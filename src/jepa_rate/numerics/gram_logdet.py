@@ -58,7 +58,14 @@ from jepa_rate.numerics import _host
 from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
 from jepa_rate.numerics.precision import autocast_enabled, float32_island, matmul_precision_reduced
 
-__all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet", "half_logdet"]
+__all__ = [
+    "FALLBACKS",
+    "Fallback",
+    "GramLogdet",
+    "Method",
+    "ReduceMode",
+    "gram_half_logdet",
+]
 
 Method = Literal["auto", "cholesky", "qr"]
 Fallback = Literal["zero", "float64", "raise"]
@@ -132,6 +139,19 @@ def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
     inv_chol = torch.linalg.solve_triangular(chol, eye, upper=False)
     inverse: Tensor = inv_chol.mT @ inv_chol
     return inverse
+
+
+def beyond_float32_contract(x: Tensor, mode: ReduceMode, scaled_trace: Tensor) -> Tensor:
+    """Per set, whether a float32 rate lies beyond the float32 contract and was not checked on the host.
+
+    True where ``q = u·a·tr(G) > 1e-3`` for float32 ``x`` on a route that reads nothing on the host (CUDA,
+    ``torch.compile``, a distributed ``all_reduce``): there rank-deficient features may be off by more
+    than 1e-3. A device-side comparison, no sync. Always false in float64 and on the CPU route, which
+    redoes inaccurate sets in float64.
+    """
+    if x.dtype != torch.float32 or (_host.decided_on_host(x) and mode != "reduce"):
+        return torch.zeros_like(scaled_trace, dtype=torch.bool)
+    return _host.FLOAT32_ROUNDOFF * scaled_trace > _host.FLOAT64_ABOVE
 
 
 class _GramHalfLogdet(torch.autograd.Function):

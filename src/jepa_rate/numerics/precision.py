@@ -7,7 +7,7 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast_enabled", "float32_island", "matmul_precision_reduced"]
+__all__ = ["float32_island", "matmul_precision_reduced"]
 
 
 def float32_island(device: torch.device) -> contextlib.AbstractContextManager[object]:
