@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from jepa_rate import CodingRateLoss, coding_rate, rate_reduction
-from jepa_rate.numerics import _host
+from jepa_rate import CodingRateLoss, RateReductionLoss, coding_rate, rate_reduction
+from jepa_rate.losses import _rate_input
+from jepa_rate.numerics import _host, gram_logdet
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
 from reference import rate_grad_reference, rate_reference
 
@@ -160,6 +161,23 @@ def test_numeric_settings_accept_any_real_number() -> None:
         "CodingRateLoss(weight=1.0, eps=0.5, center=False, normalize=False, compute_dtype=None, "
         "gather_distributed=False, nonfinite='propagate', fallback='zero')"
     )
+
+
+def test_settings_are_checked_once_where_they_are_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The module checks its settings when built, the function once per call, and neither repeats the
+    # kernel's own argument checks (gram_half_logdet keeps them for its direct callers).
+    loss_fn = CodingRateLoss(alpha=1.0, center=True)
+    rr_loss = RateReductionLoss(eps=0.5, num_classes=2)
+    calls: list[str] = []
+    monkeypatch.setattr(_rate_input, "check_choice", lambda value, name, choices: calls.append(name))
+    monkeypatch.setattr(gram_logdet, "_check_kernel_arguments", lambda *args: calls.append("kernel"))
+    z = torch.randn(2, 16, 8)
+    loss_fn(z)
+    loss_fn.forward_components(z)
+    rr_loss(z[0], torch.arange(16) % 2)
+    assert calls == []
+    coding_rate(z)
+    assert calls == ["nonfinite", "fallback"]
 
 
 def test_loss_module_validates_settings_at_construction() -> None:
