@@ -84,7 +84,7 @@ def _rate(z: Tensor, settings: RateSettings) -> _RateResult:
             # One matrix or one batch dimension go through as they are: a reshape would add autograd nodes.
             x = x.reshape(-1, n, d)
         scale = settings.scale_numerator(d) / total_n
-        core = half_logdet(x, scale, mode=mode, group=settings.group, fallback=settings.fallback)
+        core = half_logdet(x, scale, mode, settings.group, settings.fallback)
     if settings.nonfinite == "raise":
         check_gram_finite(core.scaled_trace, x.dtype)
     beyond = beyond_float32_contract(x, mode, core.scaled_trace)

@@ -171,7 +171,7 @@ def _rate_reduction(
 
     with float32_island(z.device):
         x = to_compute_dtype(z, settings.compute_dtype, normalize=settings.normalize)
-        whole = half_logdet(x, numerator / n, fallback=fallback)
+        whole = half_logdet(x, numerator / n, "local", None, fallback)
         expand, failures, traces = whole.rate, whole.failed.sum(), [whole.scaled_trace.reshape(1)]
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
@@ -184,7 +184,7 @@ def _rate_reduction(
             size = counts[cls].to(x.dtype)
             # index_select rather than advanced indexing: its backward is a plain index_add.
             members = padded_source.index_select(0, rows.flatten()).view(len(classes), width, d)
-            per_class = half_logdet(members, numerator / size, fallback=fallback)
+            per_class = half_logdet(members, numerator / size, "local", None, fallback)
             compress = compress + (size / n * per_class.rate).sum()
             failures = failures + per_class.failed.sum()
             traces.append(per_class.scaled_trace)

@@ -235,9 +235,9 @@ def gram_half_logdet(
 ) -> GramLogdet:
     """Computes ``1/2 logdet(I + scale·XᵀX)`` per batch entry on the cheaper side, with an analytic backward.
 
-    This is the low-level kernel behind :func:`jepa_rate.coding_rate` and :func:`jepa_rate.rate_reduction`;
-    it does no argument checking and no preprocessing. Autocast is disabled in its forward and backward, but
-    ``x`` must already be in the compute dtype.
+    This is the low-level kernel behind :func:`jepa_rate.coding_rate` and :func:`jepa_rate.rate_reduction`
+    (which call it without repeating its argument checks); it does no preprocessing. Autocast is disabled
+    in its forward and backward, but ``x`` must already be in the compute dtype.
 
     Args:
         x: Features in the compute dtype (float32 or float64): one set, or a contiguous batch of sets. One
@@ -280,23 +280,19 @@ def gram_half_logdet(
         True
     """
     _check_kernel_arguments(x, scale, mode, method, fallback)
-    return half_logdet(x, scale, mode=mode, group=group, fallback=fallback, method=method)
+    return half_logdet(x, scale, mode, group, fallback, method)
 
 
 def half_logdet(
     x: Tensor,
     scale: Tensor | float,
-    *,
-    mode: ReduceMode = "local",
-    group: Any = None,
-    fallback: Fallback = "zero",
+    mode: ReduceMode,
+    group: Any,
+    fallback: Fallback,
     method: Method = "auto",
 ) -> GramLogdet:
-    """:func:`gram_half_logdet` without its argument checks, for callers that checked their own arguments.
-
-    Its Python-side checks would also break ``torch.compile`` with dynamic shapes, where ``scale`` is
-    symbolic.
-    """
+    """:func:`gram_half_logdet` without its argument checks, for callers that checked their own arguments
+    (checking again would cost time, and break ``torch.compile`` where ``scale`` is symbolic)."""
     orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
     gram_in_float64 = x.dtype == torch.float32 and matmul_precision_reduced(x.device)
     with float32_island(x.device):
