@@ -66,6 +66,7 @@ def scaled_gram(
     gram_in_float64: bool,
     pad: bool,
     split: bool = False,
+    centers: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``A = a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, and the block of it whose mirror is unwritten.
 
@@ -74,16 +75,19 @@ def scaled_gram(
     on the upper off-diagonal block is left at zero and never computed; ``||A||_F`` then needs the returned
     block counted twice. The second result is ``None`` when all of ``A`` was written.
 
-    ``split`` (``d`` side only) sums the ``n`` rows around their mean ``μ``: ``XᵀX = X_cᵀX_c + n·μμᵀ``.
+    ``split`` (``d`` side only) sums the ``n`` rows around their mean ``μ``: ``XᵀX = X_cᵀX_c + n·μμᵀ``,
+    for the sets :func:`mean_shift` picks; ``centers`` passes its mean and shift when already computed.
     Collapsing embeddings share one row, and a float32 sum of nearly equal terms rounds them all the same
     way. In ``XᵀX`` that error falls outside the shared row's direction, where it moves the unit eigenvalues
     of ``I + aXᵀX``. ``tests/test_gram_logdet.py`` holds collapsed features to the float32 contract with it.
     """
     batch, k = x.shape[:-2], x.shape[-2] if n_side else x.shape[-1]
     padded = padded_size(k, x.device) if pad else k
+    if centers is None and split and not n_side:
+        centers = mean_shift(x)[:2]
     mean = shift = None
-    if split and not n_side:
-        mean, shift = mean_shift(x)
+    if centers is not None:
+        mean, shift = centers
         x = x - shift
     rows = float(x.shape[-2])
     if gram_in_float64 or mode == "reduce":
@@ -125,8 +129,8 @@ def scaled_gram(
 SPLIT_MIN_MEAN_SHARE = 0.5
 
 
-def mean_shift(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The row mean ``μ`` of each set and the shift ``w·μ`` its rows are summed around (``w`` is 0 or 1).
+def mean_shift(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The row mean ``μ`` of each set, the shift ``w·μ`` its rows are summed around, and ``w`` (0 or 1).
 
     The split ``XᵀX = (X - μ)ᵀ(X - μ) + n·μμᵀ`` helps where the mean carries the energy (collapsed rows:
     the centered terms are small). Where it does not, centering makes terms that were zero or distinct
@@ -136,9 +140,9 @@ def mean_shift(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     mean = x.mean(dim=-2, keepdim=True)
     mean_energy = mean.square().sum(dim=-1, keepdim=True) * x.shape[-2]
-    energy = x.square().sum(dim=(-2, -1), keepdim=True)
+    energy = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).square()  # fused: no x² in memory
     weight = (mean_energy >= SPLIT_MIN_MEAN_SHARE * energy).to(x.dtype)
-    return mean, mean * weight
+    return mean, mean * weight, weight
 
 
 def _halves(mean: Tensor | None, half: int) -> tuple[Tensor | None, Tensor | None]:

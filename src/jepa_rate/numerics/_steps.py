@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from jepa_rate.numerics import _host
-from jepa_rate.numerics._gram import ReduceMode, per_matrix, scaled_gram
+from jepa_rate.numerics._gram import ReduceMode, mean_shift, per_matrix, scaled_gram
 
 __all__ = [
     "Factor",
@@ -87,9 +87,14 @@ def form_gram(
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """``A = a·G`` as ``_gram.scaled_gram`` forms it (padded unless for QR), its unwritten mirror block and
     ``a·tr(G)`` per set; the ``d`` side may be summed around the row mean (``_host.split_rows``)."""
-    split = not (n_side or orthogonal or gram_in_float64) and _host.split_rows(rows, scale)
+    centers = None
+    if not (n_side or orthogonal or gram_in_float64) and _host.split_rows(rows, scale):
+        mean, shift, weight = mean_shift(rows)
+        # Where values are read on the host, a batch in which no set takes the shift skips the subtraction.
+        if not _host.decided_on_host(rows) or bool(weight.any()):
+            centers = (mean, shift)
     matrix, mirrored = scaled_gram(
-        rows, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal, split=split
+        rows, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal, centers=centers
     )
     # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
     return matrix, mirrored, matrix.diagonal(dim1=-2, dim2=-1).sum(-1)
