@@ -110,6 +110,7 @@ def test_failures_are_counted_and_float32_input_of_float64_compute() -> None:
         patch.setattr(_host, "decided_on_host", lambda x: False)
         on_device = rate_reduction(huge, labels, eps=1e-3)
     assert int(on_device.fallback_count) == 3  # the whole batch and both classes
+    assert int(on_device.beyond_contract_count) == 3 and int(on_cpu.beyond_contract_count) == 0
     assert float(on_device.delta) == 0.0
     assert rate_reduction(huge.double(), labels, compute_dtype=torch.float32).delta.dtype == torch.float64
     assert_close(rate_reduction(huge.double(), labels, eps=None), rate_reduction(huge.double(), labels))

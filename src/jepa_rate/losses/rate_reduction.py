@@ -16,7 +16,7 @@ from jepa_rate.losses._rate_input import (
     output_dtype,
     to_compute_dtype,
 )
-from jepa_rate.numerics.gram_logdet import Fallback, half_logdet
+from jepa_rate.numerics.gram_logdet import Fallback, beyond_float32_contract, half_logdet
 from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["RateReduction", "RateReductionComponents", "RateReductionLoss", "rate_reduction"]
@@ -31,12 +31,15 @@ class RateReduction(NamedTuple):
         compress: ``Σ_j (n_j/n)·1/2 logdet(I + d/(n_j·eps) Z_jᵀZ_j)``, the size-weighted rate of each class.
         fallback_count: How many of the rates (the whole batch's and each class's) had a failed
             factorization and took the fallback (int64); see :func:`jepa_rate.coding_rate`.
+        beyond_contract_count: How many of those rates lie beyond the float32 contract where nothing checks
+            them (int64); see :class:`jepa_rate.CodingRateComponents`.
     """
 
     delta: Tensor
     expand: Tensor
     compress: Tensor
     fallback_count: Tensor
+    beyond_contract_count: Tensor
 
 
 class RateReductionComponents(NamedTuple):
@@ -48,6 +51,7 @@ class RateReductionComponents(NamedTuple):
     expand: Tensor
     compress: Tensor
     fallback_count: Tensor
+    beyond_contract_count: Tensor
 
 
 def _check_num_classes(num_classes: object) -> int | None:
@@ -173,6 +177,7 @@ def _rate_reduction(
         x = to_compute_dtype(z, settings.compute_dtype, normalize=settings.normalize)
         whole = half_logdet(x, numerator / n, "local", None, fallback)
         expand, failures, traces = whole.rate, whole.failed.sum(), [whole.scaled_trace.reshape(1)]
+        beyond = beyond_float32_contract(x, "local", whole.scaled_trace).sum()
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
         for classes in _size_buckets(sizes):
@@ -187,12 +192,13 @@ def _rate_reduction(
             per_class = half_logdet(members, numerator / size, "local", None, fallback)
             compress = compress + (size / n * per_class.rate).sum()
             failures = failures + per_class.failed.sum()
+            beyond = beyond + beyond_float32_contract(x, "local", per_class.scaled_trace).sum()
             traces.append(per_class.scaled_trace)
     if settings.nonfinite == "raise":
         check_gram_finite(torch.cat(traces), x.dtype)
     out_dtype = output_dtype(z)
     expand, compress = expand.to(out_dtype), compress.to(out_dtype)
-    return RateReduction(expand - compress, expand, compress, failures)
+    return RateReduction(expand - compress, expand, compress, failures, beyond)
 
 
 class RateReductionLoss(nn.Module):
