@@ -148,7 +148,8 @@ SPLIT_MIN_Q = 1e-4
 
 
 def split_rows(x: Tensor, scale: Tensor | float) -> bool:
-    """Whether the ``d``-side Gram of ``x`` is summed around the row mean.
+    """Whether the ``d``-side Gram of ``x`` may be summed around the row mean (``_gram.mean_shift`` then
+    picks the sets).
 
     Always from ``SPLIT_MIN_ROWS`` rows on, except where a host read (CPU, see :func:`decided_on_host`)
     shows ``q < SPLIT_MIN_Q`` for every set: that costs one reduction and saves two passes over ``x``.
