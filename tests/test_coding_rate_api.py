@@ -52,13 +52,15 @@ def test_center_and_normalize_preprocess_rows() -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_centering_near_collapse_keeps_float32_accuracy(seed: int) -> None:
-    # Rows = a common base + 1e-6 x a rank-one spread: the rate measures the spread alone (q ~ 1e-14). A
-    # one-pass float32 mean is off by u·|base|, a constant row as large as the spread (1e-2 relative).
+@pytest.mark.parametrize("spread", [1e-6, 1e-8])
+def test_centering_near_collapse_keeps_float32_accuracy(seed: int, spread: float) -> None:
+    # Rows = a common base + a tiny rank-one spread: the rate measures the spread alone (q ~ 1e-14 and
+    # below). A one-pass float32 mean is off by u·|base|, a constant row as large as the spread: 1e-2
+    # relative at 1e-6, hundreds of times the rate at 1e-8.
     g = torch.Generator().manual_seed(seed)
     n = d = 512
     base = torch.rand(1, d, generator=g) * 6 - 3
-    z = base + 1e-6 * torch.randn(n, 1, generator=g) * torch.randn(1, d, generator=g)
+    z = base + spread * torch.randn(n, 1, generator=g) * torch.randn(1, d, generator=g)
     centered = z.double() - z.double().mean(0)
     a = d / (n * 0.5)
     x = z.clone().requires_grad_()
