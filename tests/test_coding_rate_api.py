@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from jepa_rate import CodingRateLoss, coding_rate
-from jepa_rate.numerics import _host
+from jepa_rate import CodingRateLoss, RateReductionLoss, coding_rate, rate_reduction
+from jepa_rate.losses import _rate_input
+from jepa_rate.numerics import _host, gram_logdet
 from jepa_rate.numerics.gram_logdet import gram_half_logdet
-from reference import rate_reference
+from reference import rate_grad_reference, rate_reference
 
 
 def collapsed_at_large_scale() -> torch.Tensor:
@@ -48,6 +49,41 @@ def test_center_and_normalize_preprocess_rows() -> None:
     assert_close(coding_rate(z, center=True), coding_rate(z - z.mean(0)), rtol=1e-12, atol=0)
     both = normed - normed.mean(0)
     assert_close(coding_rate(z, normalize=True, center=True), coding_rate(both), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("spread", [1e-6, 1e-8])
+def test_centering_near_collapse_keeps_float32_accuracy(seed: int, spread: float) -> None:
+    # Rows = a common base + a tiny rank-one spread: the rate measures the spread alone (q ~ 1e-14 and
+    # below). A one-pass float32 mean is off by u·|base|, a constant row as large as the spread: 1e-2
+    # relative at 1e-6, hundreds of times the rate at 1e-8.
+    g = torch.Generator().manual_seed(seed)
+    n = d = 512
+    base = torch.rand(1, d, generator=g) * 6 - 3
+    z = base + spread * torch.randn(n, 1, generator=g) * torch.randn(1, d, generator=g)
+    centered = z.double() - z.double().mean(0)
+    a = d / (n * 0.5)
+    x = z.clone().requires_grad_()
+    rate = coding_rate(x, center=True)
+    rate.backward()
+    assert_close(rate.double(), rate_reference(centered, a), rtol=1e-4, atol=0)
+    expected = rate_grad_reference(centered, a)
+    assert x.grad is not None
+    assert_close(x.grad.double(), expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (16, 40), (200, 20), (3, 8, 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_meta_tensors_trace_shapes(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    # Meta tensors are how models are sized without memory; the meta device has no autocast.
+    z = torch.randn(shape, device="meta", dtype=dtype, requires_grad=True)
+    rate = coding_rate(z, center=True)
+    assert rate.device.type == "meta" and rate.shape == shape[:-2]
+    assert rate.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    rate.sum().backward()
+    assert z.grad is not None and z.grad.shape == z.shape and z.grad.device.type == "meta"
+    parts = CodingRateLoss(alpha=1.0).forward_components(z.detach())
+    assert all(part.device.type == "meta" and part.shape == () for part in parts)
 
 
 def test_output_dtype_follows_input() -> None:
@@ -129,6 +165,23 @@ def test_numeric_settings_accept_any_real_number() -> None:
     )
 
 
+def test_settings_are_checked_once_where_they_are_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The module checks its settings when built, the function once per call, and neither repeats the
+    # kernel's own argument checks (gram_half_logdet keeps them for its direct callers).
+    loss_fn = CodingRateLoss(alpha=1.0, center=True)
+    rr_loss = RateReductionLoss(eps=0.5, num_classes=2)
+    calls: list[str] = []
+    monkeypatch.setattr(_rate_input, "check_choice", lambda value, name, choices: calls.append(name))
+    monkeypatch.setattr(gram_logdet, "_check_kernel_arguments", lambda *args: calls.append("kernel"))
+    z = torch.randn(2, 16, 8)
+    loss_fn(z)
+    loss_fn.forward_components(z)
+    rr_loss(z[0], torch.arange(16) % 2)
+    assert calls == []
+    coding_rate(z)
+    assert calls == ["nonfinite", "fallback"]
+
+
 def test_loss_module_validates_settings_at_construction() -> None:
     with pytest.raises(ValueError, match="weight"):
         CodingRateLoss(weight=-1.0)
@@ -158,6 +211,26 @@ def device_route(monkeypatch: pytest.MonkeyPatch) -> None:
     (``test_failed_factorization_on_cpu_is_redone_in_float64``).
     """
     monkeypatch.setattr(_host, "decided_on_host", lambda x: False)
+
+
+@pytest.mark.usefixtures("branches")
+def test_sets_beyond_the_float32_contract_are_counted_where_unchecked(branches: str) -> None:
+    # Rank-2 features: q ~ 0.2 at eps = 1e-2 and ~2e-5 at eps = 100; q = 0 for the zeros.
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(2, 256, 2, generator=g) @ torch.randn(2, 2, 128, generator=g)
+    z = torch.cat([low_rank, torch.zeros(1, 256, 128)])
+    q = 2.0**-24 * (128 / (256 * 1e-2)) * z.double().square().sum((-2, -1))
+    assert bool((q[:2] > 1e-3).all())
+    parts = CodingRateLoss(eps=1e-2).forward_components(z)
+    exact = rate_reference(z, 128 / (256 * 1e-2)).mean()
+    if branches == "device":
+        assert int(parts.beyond_contract_count) == 2
+    else:  # checked on the host, and redone in float64 where inaccurate
+        assert int(parts.beyond_contract_count) == 0
+        assert_close(parts.rate.double(), exact, rtol=1e-3, atol=0)
+    assert int(CodingRateLoss(eps=100.0).forward_components(z).beyond_contract_count) == 0
+    in_float64 = CodingRateLoss(eps=1e-2, compute_dtype=torch.float64).forward_components(z)
+    assert int(in_float64.beyond_contract_count) == 0
 
 
 def test_failed_factorization_on_cpu_is_redone_in_float64() -> None:
@@ -218,6 +291,29 @@ def test_nonfinite_inputs_propagate_nan_or_raise() -> None:
     assert int(CodingRateLoss().forward_components(nan_z).fallback_count) == 0
     with pytest.raises(ValueError, match=r"NaN or Inf \(first at index \(1, 3, 2\)"):
         coding_rate(z.detach(), nonfinite="raise")
+
+
+@pytest.mark.usefixtures("branches")
+@pytest.mark.parametrize("bad", ["overflow", "inf"])
+@pytest.mark.parametrize("d", [1, 3])
+def test_nonfinite_sets_get_a_nan_gradient_on_every_side(bad: str, d: int) -> None:
+    # With d = 1 the factor of an overflowed (infinite) Gram "succeeds", and its inverse is a finite zero:
+    # the NaN must still reach every entry of the set's gradient, in coding_rate and in rate_reduction.
+    good = torch.randn(8, d)
+    z = 1e20 * torch.randn(8, d) if bad == "overflow" else torch.randn(8, d)
+    if bad == "inf":
+        z[2, 0] = math.inf
+    batch = torch.stack([good, z]).requires_grad_()
+    rate = coding_rate(batch)
+    rate.sum().backward()
+    assert batch.grad is not None
+    assert bool(rate[0].isfinite()) and bool(rate[1].isnan())
+    assert bool(batch.grad[0].isfinite().all()) and bool(batch.grad[1].isnan().all())
+    single = z.clone().requires_grad_()
+    out = rate_reduction(single, torch.arange(8) % 2)
+    out.delta.backward()
+    assert single.grad is not None
+    assert bool(out.delta.isnan()) and bool(single.grad.isnan().all())
 
 
 # ---------------------------------------------------------------- input validation

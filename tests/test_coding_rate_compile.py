@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch.testing import assert_close
 
-from jepa_rate import CodingRateLoss, coding_rate
+from jepa_rate import CodingRateLoss, coding_rate, rate_reduction
 
 
 def rate_step(loss_fn: CodingRateLoss, layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -60,3 +62,45 @@ def test_compiled_function_inductor_smoke() -> None:
     assert_close(rate, coding_rate(z.detach(), eps=0.2), rtol=1e-5, atol=1e-6)
     rate.sum().backward()
     assert z.grad is not None and bool(torch.isfinite(z.grad).all())
+
+
+def _entry(name: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """A scalar function of the features through one public entry point, and whether it compiles fully.
+
+    ``rate_reduction`` reads the class sizes on the host (its shapes depend on them), a graph break.
+    """
+    if name == "coding_rate":
+        return lambda z: coding_rate(z, center=True).sum(), True
+    if name == "CodingRateLoss":
+        loss_fn = CodingRateLoss(alpha=1.0, center=True)
+        return lambda z: loss_fn.forward_components(z).loss, True
+    return lambda z: rate_reduction(z, torch.arange(z.shape[0]) % 3, eps=0.5).delta, False
+
+
+# Changing n and d (n >= 128 takes the mean split on the d side; n < d the n side), and a batch.
+SHAPES = [(64, 32), (48, 32), (48, 20), (160, 20), (12, 40)]
+
+
+@pytest.mark.parametrize("entry", ["coding_rate", "CodingRateLoss", "rate_reduction"])
+@pytest.mark.parametrize(
+    ("backend", "dynamic", "shapes"),
+    [
+        ("eager", None, SHAPES),
+        ("eager", True, SHAPES),
+        pytest.param("inductor", True, [(40, 12), (24, 16)], marks=pytest.mark.slow),
+    ],
+)
+def test_compiled_entry_points_follow_changing_shapes(
+    entry: str, backend: str, dynamic: bool | None, shapes: list[tuple[int, int]]
+) -> None:
+    torch._dynamo.reset()
+    function, fullgraph = _entry(entry)
+    compiled = torch.compile(function, fullgraph=fullgraph, backend=backend, dynamic=dynamic)
+    for shape in shapes:
+        z = torch.randn(shape)
+        eager_z, compiled_z = z.clone().requires_grad_(), z.clone().requires_grad_()
+        expected, got = function(eager_z), compiled(compiled_z)
+        expected.backward()
+        got.backward()
+        assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert_close(compiled_z.grad, eager_z.grad, rtol=1e-4, atol=1e-6)

@@ -86,6 +86,16 @@ def test_empty_classes_and_num_classes() -> None:
     assert_close(rate_reduction(z, labels, num_classes=6), rate_reduction(z, labels // 2))
 
 
+@pytest.mark.parametrize("largest", [5 * 10**7, 10**12, 2**62])
+def test_large_label_values_are_sized_by_the_classes_present(largest: int) -> None:
+    # A count array sized by the largest label took 2.2 GB at 5e7 and could not be allocated at 1e12.
+    z = torch.randn(10, 4, dtype=torch.float64)
+    labels = torch.tensor([0] * 6 + [largest] * 4)
+    assert_close(rate_reduction(z, labels), rate_reduction(z, (labels > 0).long()), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"labels must lie in \\[0, 3\\), got min 0 and max {largest}"):
+        rate_reduction(z, labels, num_classes=3)
+
+
 def test_failures_are_counted_and_float32_input_of_float64_compute() -> None:
     # Rank-2 features at q far above 1: the float32 factorizations fail. On the device route (CUDA,
     # torch.compile) the fallback gives 0 and is counted; on CPU the batch is redone in float64.
@@ -100,6 +110,7 @@ def test_failures_are_counted_and_float32_input_of_float64_compute() -> None:
         patch.setattr(_host, "decided_on_host", lambda x: False)
         on_device = rate_reduction(huge, labels, eps=1e-3)
     assert int(on_device.fallback_count) == 3  # the whole batch and both classes
+    assert int(on_device.beyond_contract_count) == 3 and int(on_cpu.beyond_contract_count) == 0
     assert float(on_device.delta) == 0.0
     assert rate_reduction(huge.double(), labels, compute_dtype=torch.float32).delta.dtype == torch.float64
     assert_close(rate_reduction(huge.double(), labels, eps=None), rate_reduction(huge.double(), labels))

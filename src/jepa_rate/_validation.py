@@ -76,7 +76,8 @@ def finite_real(value: object, name: str, requirement: str = "") -> float:
         out = float(value)
     except OverflowError:  # an int beyond float range, e.g. 10**400
         out = math.inf
-    if not math.isfinite(out):
+    # Comparisons rather than math.isfinite: under torch.compile(dynamic=True) a float may be symbolic.
+    if out != out or abs(out) == math.inf:
         raise ValueError(
             f"{name} must be a finite number{' ' + requirement if requirement else ''}, got {value!r}"
         )

@@ -7,24 +7,23 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import (
-    check_bool,
-    check_choice,
-    check_compute_dtype,
-    check_feature_tensor,
-    check_nonnegative,
-)
+from jepa_rate._validation import check_feature_tensor, check_nonnegative
 from jepa_rate.losses._rate_input import (
-    DEFAULT_EPS,
-    NONFINITE_POLICIES,
+    RateSettings,
+    center_rows,
     check_all_finite,
     check_gram_finite,
     output_dtype,
-    rate_scale_numerator,
     to_compute_dtype,
 )
-from jepa_rate.numerics.distributed import global_row_mean, require_process_group, world_size
-from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, GramLogdet, ReduceMode, gram_half_logdet
+from jepa_rate.numerics.distributed import world_size
+from jepa_rate.numerics.gram_logdet import (
+    Fallback,
+    GramLogdet,
+    ReduceMode,
+    beyond_float32_contract,
+    half_logdet,
+)
 from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["CodingRateComponents", "CodingRateLoss", "coding_rate"]
@@ -43,6 +42,10 @@ class CodingRateComponents(NamedTuple):
             ``~1/k`` a collapse onto one direction. 0 for an all-zero batch.
         scale: The effective scale ``a`` in ``I + a ZᵀZ`` (uses the global ``n`` when distributed).
         fallback_count: How many sets had a failed factorization and took the fallback (int64).
+        beyond_contract_count: How many float32 sets had ``q = u·a·tr(ZᵀZ) > 1e-3`` on a route that does not
+            check accuracy on the host (CUDA, ``torch.compile``, after a distributed ``all_reduce``): if
+            their features are rank-deficient, their rate and gradient may be off by more than 1e-3
+            (int64, counted on the device). Always 0 in float64 and in eager mode on CPU.
     """
 
     loss: Tensor
@@ -50,67 +53,47 @@ class CodingRateComponents(NamedTuple):
     normalized_rate: Tensor
     scale: Tensor
     fallback_count: Tensor
+    beyond_contract_count: Tensor
 
 
 class _RateResult(NamedTuple):
     core: GramLogdet
+    beyond_contract: Tensor
     scale: float
     k: int
     batch_shape: torch.Size
 
 
-def _rate(
-    z: Tensor,
-    *,
-    eps: float | None,
-    alpha: float | None,
-    center: bool,
-    normalize: bool,
-    compute_dtype: torch.dtype | None,
-    gather_distributed: bool,
-    group: Any,
-    nonfinite: str,
-    fallback: str,
-) -> _RateResult:
+def _rate(z: Tensor, settings: RateSettings) -> _RateResult:
+    """The rate of each set of ``z`` under checked ``settings``: the checks of ``z`` itself happen here."""
     check_feature_tensor(z)
-    check_bool(center, "center")
-    check_bool(normalize, "normalize")
-    check_bool(gather_distributed, "gather_distributed")
-    check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
-    check_choice(fallback, "fallback", FALLBACKS)
-    n, d = z.shape[-2], z.shape[-1]
-    numerator = rate_scale_numerator(eps, alpha, d)
-    if gather_distributed:
-        require_process_group(group)
-    if nonfinite == "raise":
+    settings.require_group()
+    if settings.nonfinite == "raise":
         check_all_finite(z)
-    total_n = n * world_size(group) if gather_distributed else n
+    n, d = z.shape[-2], z.shape[-1]
+    distributed = settings.gather_distributed
+    total_n = n * world_size(settings.group) if distributed else n
     mode: ReduceMode = "local"
-    if gather_distributed:
+    if distributed:
         mode = "reduce" if d <= total_n else "gather"
     with float32_island(z.device):
-        x = to_compute_dtype(z, compute_dtype, normalize=normalize)
-        if center:
-            x = x - (global_row_mean(x, group) if gather_distributed else x.mean(dim=-2, keepdim=True))
+        x = to_compute_dtype(z, settings.compute_dtype, normalize=settings.normalize)
+        if settings.center:
+            x = center_rows(x, distributed=distributed, group=settings.group)
         if x.ndim > 3:
             # One matrix or one batch dimension go through as they are: a reshape would add autograd nodes.
             x = x.reshape(-1, n, d)
-        scale = numerator / total_n
-        core = gram_half_logdet(
-            x,
-            scale,
-            mode=mode,
-            group=group,
-            fallback=fallback,  # type: ignore[arg-type]
-        )
-    if nonfinite == "raise":
+        scale = settings.scale_numerator(d) / total_n
+        core = half_logdet(x, scale, mode, settings.group, settings.fallback)
+    if settings.nonfinite == "raise":
         check_gram_finite(core.scaled_trace, x.dtype)
+    beyond = beyond_float32_contract(x, mode, core.scaled_trace)
     out_dtype = output_dtype(z)
     if core.rate.dtype != out_dtype:
         # compute_dtype=float64 for lower-precision input comes back as float32, compute_dtype=float32 for
         # float64 input as float64: the output follows the input.
         core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
-    return _RateResult(core, scale, min(total_n, d), z.shape[:-2])
+    return _RateResult(core, beyond, scale, min(total_n, d), z.shape[:-2])
 
 
 def coding_rate(
@@ -195,8 +178,7 @@ def coding_rate(
         >>> float(coding_rate(torch.zeros(8, 4)))
         0.0
     """
-    rate = _rate(
-        z,
+    settings = RateSettings(
         eps=eps,
         alpha=alpha,
         center=center,
@@ -206,7 +188,8 @@ def coding_rate(
         group=group,
         nonfinite=nonfinite,
         fallback=fallback,
-    ).core.rate
+    )
+    rate = _rate(z, settings).core.rate
     return rate if z.ndim <= 3 else rate.reshape(z.shape[:-2])
 
 
@@ -262,39 +245,23 @@ class CodingRateLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.weight = check_nonnegative(weight, "weight")
-        rate_scale_numerator(eps, alpha, 1)  # validates eps / alpha now rather than at the first batch
-        self.eps = eps
-        self.alpha = alpha
-        self.center = check_bool(center, "center")
-        self.normalize = check_bool(normalize, "normalize")
-        self.compute_dtype = check_compute_dtype(compute_dtype)
-        self.gather_distributed = check_bool(gather_distributed, "gather_distributed")
-        self.group = group
-        self.nonfinite = check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
-        self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]
+        self.settings = RateSettings(
+            eps=eps,
+            alpha=alpha,
+            center=center,
+            normalize=normalize,
+            compute_dtype=compute_dtype,
+            gather_distributed=gather_distributed,
+            group=group,
+            nonfinite=nonfinite,
+            fallback=fallback,
+        )
 
     def extra_repr(self) -> str:
-        eps = DEFAULT_EPS if self.eps is None else self.eps
-        scale = f"alpha={self.alpha}" if self.alpha is not None else f"eps={eps}"
-        return (
-            f"weight={self.weight}, {scale}, center={self.center}, normalize={self.normalize}, "
-            f"compute_dtype={self.compute_dtype}, gather_distributed={self.gather_distributed}, "
-            f"nonfinite={self.nonfinite!r}, fallback={self.fallback!r}"
-        )
+        return f"weight={self.weight}, {self.settings.describe()}"
 
     def _result(self, z: Tensor) -> _RateResult:
-        return _rate(
-            z,
-            eps=self.eps,
-            alpha=self.alpha,
-            center=self.center,
-            normalize=self.normalize,
-            compute_dtype=self.compute_dtype,
-            gather_distributed=self.gather_distributed,
-            group=self.group,
-            nonfinite=self.nonfinite,
-            fallback=self.fallback,
-        )
+        return _rate(z, self.settings)
 
     def forward(self, z: Tensor) -> Tensor:
         """Returns ``-weight · mean(R)`` over the sets in ``z``."""
@@ -318,4 +285,5 @@ class CodingRateLoss(nn.Module):
             # A fill on the device: torch.tensor would copy from the host and synchronize on CUDA.
             scale=torch.full((), result.scale, dtype=rate.dtype, device=rate.device),
             fallback_count=result.core.failed.sum(),
+            beyond_contract_count=result.beyond_contract.sum(),
         )

@@ -7,22 +7,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jepa_rate._validation import (
-    check_bool,
-    check_choice,
-    check_compute_dtype,
-    check_feature_tensor,
-    check_positive,
-)
+from jepa_rate._validation import check_feature_tensor, check_positive
 from jepa_rate.losses._rate_input import (
     DEFAULT_EPS,
-    NONFINITE_POLICIES,
+    RateSettings,
     check_all_finite,
     check_gram_finite,
     output_dtype,
     to_compute_dtype,
 )
-from jepa_rate.numerics.gram_logdet import FALLBACKS, Fallback, gram_half_logdet
+from jepa_rate.numerics.gram_logdet import Fallback, beyond_float32_contract, half_logdet
 from jepa_rate.numerics.precision import float32_island
 
 __all__ = ["RateReduction", "RateReductionComponents", "RateReductionLoss", "rate_reduction"]
@@ -37,12 +31,15 @@ class RateReduction(NamedTuple):
         compress: ``Σ_j (n_j/n)·1/2 logdet(I + d/(n_j·eps) Z_jᵀZ_j)``, the size-weighted rate of each class.
         fallback_count: How many of the rates (the whole batch's and each class's) had a failed
             factorization and took the fallback (int64); see :func:`jepa_rate.coding_rate`.
+        beyond_contract_count: How many of those rates lie beyond the float32 contract where nothing checks
+            them (int64); see :class:`jepa_rate.CodingRateComponents`.
     """
 
     delta: Tensor
     expand: Tensor
     compress: Tensor
     fallback_count: Tensor
+    beyond_contract_count: Tensor
 
 
 class RateReductionComponents(NamedTuple):
@@ -54,32 +51,40 @@ class RateReductionComponents(NamedTuple):
     expand: Tensor
     compress: Tensor
     fallback_count: Tensor
+    beyond_contract_count: Tensor
 
 
-def _check_labels(labels: object, n: int, num_classes: int | None) -> Tensor:
+def _check_num_classes(num_classes: object) -> int | None:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
+        raise TypeError(f"num_classes must be an int or None, got {num_classes!r}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+def _check_labels(labels: object, n: int) -> Tensor:
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape (n,) = ({n},) to match z, got shape {tuple(labels.shape)}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)):
-        raise TypeError(f"num_classes must be an int or None, got {num_classes!r}")
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return labels
 
 
-def _class_sizes(labels: Tensor, num_classes: int | None) -> tuple[Tensor, list[int]]:
-    """Per-class counts on the device and on the host (the one deliberate sync: shapes depend on them)."""
-    lo, hi = torch.aminmax(labels)
-    counts = torch.bincount(labels.clamp_min(0), minlength=num_classes or 0)
-    *sizes, lo_value, hi_value = torch.cat([counts, lo.view(1), hi.view(1)]).tolist()
+def _class_sizes(labels: Tensor, num_classes: int | None) -> tuple[Tensor, Tensor, list[int]]:
+    """The labels renumbered over the classes present, their counts on the device and on the host.
+
+    Sized by the classes present, never by the largest label value (a label of 10⁹ would otherwise size a
+    count array of 10⁹). Reading the counts is the one deliberate sync: shapes depend on them.
+    """
+    present, compact, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    *sizes, lo_value, hi_value = torch.cat([counts, present[:1], present[-1:]]).tolist()
     if lo_value < 0 or (num_classes is not None and hi_value >= num_classes):
         raise ValueError(
             f"labels must lie in [0, {num_classes or 'num_classes'}), got min {lo_value} and max {hi_value}"
         )
-    return counts, sizes
+    return compact, counts, sizes
 
 
 def _size_buckets(sizes: list[int]) -> list[list[int]]:
@@ -113,12 +118,14 @@ def rate_reduction(
     ``ΔR = R(Z) - Σ_j (n_j/n) R(Z_j)`` with ``R(Z_j) = 1/2 logdet(I + d/(n_j·eps) Z_jᵀZ_j)``, as in the MCR²
     code (``eps`` plays the role of eps²). The class terms are computed in a few batched calls (classes
     grouped by size, zero-padded, each group on its cheaper side), with no Python loop over classes and no
-    ``n x n`` membership matrix. Reading the class sizes is one host sync.
+    ``n x n`` membership matrix. Reading the class sizes is one host sync, and a graph break under
+    ``torch.compile`` (which compiles it without ``fullgraph=True``).
 
     Args:
         z: Embeddings, ``(n, d)``.
         labels: Class (or cluster) index of each row, integers in ``[0, num_classes)``.
-        num_classes: Number of classes; default ``labels.max() + 1``. Empty classes contribute nothing.
+        num_classes: Number of classes, checked against the labels; default: any non-negative label.
+            Empty classes contribute nothing, and memory follows the classes present, not the label values.
         eps: The distortion (as eps²), > 0. Default (``None``) 0.5, MCR²'s.
         normalize: L2-normalize the rows first (MCR² normalizes its features).
         compute_dtype: See :func:`jepa_rate.coding_rate`.
@@ -143,27 +150,34 @@ def rate_reduction(
         >>> bool(out.delta > 0), bool(torch.isclose(out.delta, out.expand - out.compress))
         (True, True)
     """
+    settings = RateSettings(
+        eps=eps, normalize=normalize, compute_dtype=compute_dtype, nonfinite=nonfinite, fallback=fallback
+    )
+    return _rate_reduction(z, labels, _check_num_classes(num_classes), settings)
+
+
+def _rate_reduction(
+    z: Tensor, labels: object, num_classes: int | None, settings: RateSettings
+) -> RateReduction:
+    """:func:`rate_reduction` under checked settings: the checks of ``z`` and ``labels`` happen here."""
     check_feature_tensor(z)
     if z.ndim != 2:
         raise ValueError(f"z must have shape (n, d) for rate_reduction, got shape {tuple(z.shape)}")
     n, d = z.shape
-    labels = _check_labels(labels, n, num_classes)
-    eps = check_positive(DEFAULT_EPS if eps is None else eps, "eps")
-    check_bool(normalize, "normalize")
-    check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
-    check_choice(fallback, "fallback", FALLBACKS)
-    check_compute_dtype(compute_dtype)
-    if nonfinite == "raise":
+    labels = _check_labels(labels, n)
+    if settings.nonfinite == "raise":
         check_all_finite(z)
-    labels = labels.to(device=z.device, dtype=torch.long)
-    counts, sizes = _class_sizes(labels, num_classes)
-    order = torch.argsort(labels, stable=True)
+    compact, counts, sizes = _class_sizes(labels.to(device=z.device, dtype=torch.long), num_classes)
+    order = torch.argsort(compact, stable=True)
     starts = torch.cumsum(counts, 0) - counts
+    numerator = settings.scale_numerator(d)
+    fallback = settings.fallback
 
     with float32_island(z.device):
-        x = to_compute_dtype(z, compute_dtype, normalize=normalize)
-        whole = gram_half_logdet(x, d / (n * eps), fallback=fallback)
+        x = to_compute_dtype(z, settings.compute_dtype, normalize=settings.normalize)
+        whole = half_logdet(x, numerator / n, "local", None, fallback)
         expand, failures, traces = whole.rate, whole.failed.sum(), [whole.scaled_trace.reshape(1)]
+        beyond = beyond_float32_contract(x, "local", whole.scaled_trace).sum()
         padded_source = torch.cat([x, x.new_zeros(1, d)])  # row n is the zero row used for padding
         compress = x.new_zeros(())
         for classes in _size_buckets(sizes):
@@ -175,15 +189,16 @@ def rate_reduction(
             size = counts[cls].to(x.dtype)
             # index_select rather than advanced indexing: its backward is a plain index_add.
             members = padded_source.index_select(0, rows.flatten()).view(len(classes), width, d)
-            per_class = gram_half_logdet(members, d / (size * eps), fallback=fallback)
+            per_class = half_logdet(members, numerator / size, "local", None, fallback)
             compress = compress + (size / n * per_class.rate).sum()
             failures = failures + per_class.failed.sum()
+            beyond = beyond + beyond_float32_contract(x, "local", per_class.scaled_trace).sum()
             traces.append(per_class.scaled_trace)
-    if nonfinite == "raise":
+    if settings.nonfinite == "raise":
         check_gram_finite(torch.cat(traces), x.dtype)
     out_dtype = output_dtype(z)
     expand, compress = expand.to(out_dtype), compress.to(out_dtype)
-    return RateReduction(expand - compress, expand, compress, failures)
+    return RateReduction(expand - compress, expand, compress, failures, beyond)
 
 
 class RateReductionLoss(nn.Module):
@@ -224,32 +239,22 @@ class RateReductionLoss(nn.Module):
         fallback: Fallback = "zero",
     ) -> None:
         super().__init__()
-        self.eps = check_positive(DEFAULT_EPS if eps is None else eps, "eps")
         self.gamma = check_positive(gamma, "gamma")
-        _check_labels(torch.zeros(1, dtype=torch.long), 1, num_classes)
-        self.num_classes = num_classes
-        self.normalize = check_bool(normalize, "normalize")
-        self.compute_dtype = check_compute_dtype(compute_dtype)
-        self.nonfinite = check_choice(nonfinite, "nonfinite", NONFINITE_POLICIES)
-        self.fallback: Fallback = check_choice(fallback, "fallback", FALLBACKS)  # type: ignore[assignment]
+        self.num_classes = _check_num_classes(num_classes)
+        self.settings = RateSettings(
+            eps=eps, normalize=normalize, compute_dtype=compute_dtype, nonfinite=nonfinite, fallback=fallback
+        )
 
     def extra_repr(self) -> str:
+        settings = self.settings
         return (
-            f"eps={self.eps}, gamma={self.gamma}, num_classes={self.num_classes}, normalize={self.normalize}"
+            f"eps={settings.eps or DEFAULT_EPS}, gamma={self.gamma}, num_classes={self.num_classes}, "
+            f"normalize={settings.normalize}"
         )
 
     def forward_components(self, z: Tensor, labels: Tensor) -> RateReductionComponents:
         """Returns the loss with ``delta``, ``expand`` and ``compress``, from one evaluation."""
-        out = rate_reduction(
-            z,
-            labels,
-            num_classes=self.num_classes,
-            eps=self.eps,
-            normalize=self.normalize,
-            compute_dtype=self.compute_dtype,
-            nonfinite=self.nonfinite,
-            fallback=self.fallback,
-        )
+        out = _rate_reduction(z, labels, self.num_classes, self.settings)
         return RateReductionComponents(out.compress - self.gamma * out.expand, *out)
 
     def forward(self, z: Tensor, labels: Tensor) -> Tensor:

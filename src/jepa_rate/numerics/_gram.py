@@ -14,7 +14,9 @@ from torch import Tensor
 
 __all__ = [
     "BLOCKED_GRAM_MIN_ORDER",
+    "SPLIT_MIN_MEAN_SHARE",
     "ReduceMode",
+    "mean_shift",
     "padded_size",
     "per_matrix",
     "product_into",
@@ -64,6 +66,7 @@ def scaled_gram(
     gram_in_float64: bool,
     pad: bool,
     split: bool = False,
+    centers: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``A = a·G`` (``G = XXᵀ`` or ``XᵀX``) in ``x``'s dtype, and the block of it whose mirror is unwritten.
 
@@ -72,23 +75,26 @@ def scaled_gram(
     on the upper off-diagonal block is left at zero and never computed; ``||A||_F`` then needs the returned
     block counted twice. The second result is ``None`` when all of ``A`` was written.
 
-    ``split`` (``d`` side only) sums the ``n`` rows around their mean ``μ``: ``XᵀX = X_cᵀX_c + n·μμᵀ``.
+    ``split`` (``d`` side only) sums the ``n`` rows around their mean ``μ``: ``XᵀX = X_cᵀX_c + n·μμᵀ``,
+    for the sets :func:`mean_shift` picks; ``centers`` passes its mean and shift when already computed.
     Collapsing embeddings share one row, and a float32 sum of nearly equal terms rounds them all the same
     way. In ``XᵀX`` that error falls outside the shared row's direction, where it moves the unit eigenvalues
     of ``I + aXᵀX``. ``tests/test_gram_logdet.py`` holds collapsed features to the float32 contract with it.
     """
     batch, k = x.shape[:-2], x.shape[-2] if n_side else x.shape[-1]
     padded = padded_size(k, x.device) if pad else k
-    mean = None
-    if split and not n_side:
-        mean = x.mean(dim=-2, keepdim=True)
-        x = x - mean
+    if centers is None and split and not n_side:
+        centers = mean_shift(x)[:2]
+    mean = shift = None
+    if centers is not None:
+        mean, shift = centers
+        x = x - shift
     rows = float(x.shape[-2])
     if gram_in_float64 or mode == "reduce":
         left, right = (x, x.mT) if n_side else (x.mT, x)
         gram = (left.double() @ right.double()).to(x.dtype) if gram_in_float64 else left @ right
-        if mean is not None:
-            product_into(gram, mean.mT, mean, rows, accumulate=True)
+        if mean is not None and shift is not None:
+            product_into(gram, shift.mT, mean, rows, accumulate=True)
         if mode == "reduce":
             dist.all_reduce(gram, group=group)
         if padded != k:
@@ -100,20 +106,48 @@ def scaled_gram(
     # beta=0 ignores the (uninitialized) contents; a float scale rides on the GEMM.
     alpha = 1.0 if isinstance(scale, Tensor) else scale
     side = x if n_side else x.mT
-    center = None if mean is None else mean.mT
+    # The correction n·w·μμᵀ is the product of the shift w·μ (left) and the mean μ (right).
+    left_mean = None if shift is None else shift.mT
+    right_mean = None if mean is None else mean.mT
     mirrored = None
     if blocked:
         half = k // 2
         top, bottom = side[..., :half, :], side[..., half:, :]
-        tops, bottoms = (None, None) if center is None else (center[..., :half, :], center[..., half:, :])
-        _block(matrix[..., :half, :half], top, top, tops, tops, alpha, rows)
-        mirrored = _block(matrix[..., half:k, :half], bottom, top, bottoms, tops, alpha, rows)
-        _block(matrix[..., half:k, half:k], bottom, bottom, bottoms, bottoms, alpha, rows)
+        lt, lb = _halves(left_mean, half)
+        rt, rb = _halves(right_mean, half)
+        _block(matrix[..., :half, :half], top, top, lt, rt, alpha, rows)
+        mirrored = _block(matrix[..., half:k, :half], bottom, top, lb, rt, alpha, rows)
+        _block(matrix[..., half:k, half:k], bottom, bottom, lb, rb, alpha, rows)
     else:
-        _block(matrix if padded == k else matrix[..., :k, :k], side, side, center, center, alpha, rows)
+        _block(matrix if padded == k else matrix[..., :k, :k], side, side, left_mean, right_mean, alpha, rows)
     if isinstance(scale, Tensor):
         matrix.mul_(per_matrix(scale))
     return matrix, mirrored
+
+
+# The share of ``tr(XᵀX)`` that ``n·|μ|²`` must carry for the Gram to be summed around the mean.
+SPLIT_MIN_MEAN_SHARE = 0.5
+
+
+def mean_shift(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The row mean ``μ`` of each set, the shift ``w·μ`` its rows are summed around, and ``w`` (0 or 1).
+
+    The split ``XᵀX = (X - μ)ᵀ(X - μ) + n·μμᵀ`` helps where the mean carries the energy (collapsed rows:
+    the centered terms are small). Where it does not, centering makes terms that were zero or distinct
+    into copies of ``-μ``, each rounded the same way against the few large ones: a set of a few non-zero
+    rows loses percents. So each set is shifted (``w = 1``) only when ``n·|μ|²`` is at least
+    ``SPLIT_MIN_MEAN_SHARE`` of ``tr(XᵀX)``, a choice made on the device (no host sync).
+    """
+    mean = x.mean(dim=-2, keepdim=True)
+    mean_energy = mean.square().sum(dim=-1, keepdim=True) * x.shape[-2]
+    energy = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).square()  # fused: no x² in memory
+    weight = (mean_energy >= SPLIT_MIN_MEAN_SHARE * energy).to(x.dtype)
+    return mean, mean * weight, weight
+
+
+def _halves(mean: Tensor | None, half: int) -> tuple[Tensor | None, Tensor | None]:
+    """The leading ``half`` entries of a ``(..., k, 1)`` mean column and the rest."""
+    return (None, None) if mean is None else (mean[..., :half, :], mean[..., half:, :])
 
 
 def _block(

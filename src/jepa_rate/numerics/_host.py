@@ -15,6 +15,7 @@ from torch import Tensor
 from jepa_rate.numerics._gram import ReduceMode
 
 __all__ = [
+    "FLOAT32_ROUNDOFF",
     "FLOAT64_ABOVE",
     "SPLIT_MIN_Q",
     "SPLIT_MIN_ROWS",
@@ -63,7 +64,7 @@ def series_never_applies(bounds: tuple[float, float], k: int, series_below: floa
 
 # Estimated relative error of a float32 rate above which the CPU route recomputes it in float64.
 FLOAT64_ABOVE = 1e-3
-_FLOAT32_ROUNDOFF = torch.finfo(torch.float32).eps / 2
+FLOAT32_ROUNDOFF = torch.finfo(torch.float32).eps / 2
 
 
 class Float32Check(NamedTuple):
@@ -118,7 +119,7 @@ def check_float32(
         return Float32Check(False, None)
     k = factor.shape[-1]
     low, high = bounds
-    u = _FLOAT32_ROUNDOFF
+    u = FLOAT32_ROUNDOFF
     # Host-side fast path, the common case: every q within the contract, and R >= log1p(tr)/2 (the rate of
     # a rank-one spectrum, the smallest at a given trace) large enough for the pivot rounding.
     if not any_failed and u * high <= FLOAT64_ABOVE and k * u <= FLOAT64_ABOVE * math.log1p(max(low, 0.0)):
@@ -147,7 +148,8 @@ SPLIT_MIN_Q = 1e-4
 
 
 def split_rows(x: Tensor, scale: Tensor | float) -> bool:
-    """Whether the ``d``-side Gram of ``x`` is summed around the row mean.
+    """Whether the ``d``-side Gram of ``x`` may be summed around the row mean (``_gram.mean_shift`` then
+    picks the sets).
 
     Always from ``SPLIT_MIN_ROWS`` rows on, except where a host read (CPU, see :func:`decided_on_host`)
     shows ``q < SPLIT_MIN_Q`` for every set: that costs one reduction and saves two passes over ``x``.

@@ -1,47 +1,11 @@
 """Half log-determinant of ``I + a·G`` for a Gram matrix ``G`` of features: the numerics core of the library.
 
 For a batch of feature matrices ``X`` of shape ``(n, d)`` this computes
-
-.. math:: \\tfrac12 \\log\\det(I_d + a X^\\top X) = \\tfrac12 \\log\\det(I_n + a X X^\\top)
-
-(Sylvester's identity), always factoring the smaller of the two ``k x k`` sides with one Cholesky
-decomposition. The backward pass reuses that factor: ``dR/dX = a X M^{-1}`` on the ``d`` side and
-``a M^{-1} X`` on the ``n`` side (``M = I + a G``), with ``M^{-1}`` (``k x k``, the small side)
-formed from the saved factor and one matrix product; there is no second factorization and never a
-``d x d`` inverse when the ``n`` side is used.
-
-Why each choice:
-
-* The Gram matrix is formed and stored in the compute dtype (float32 or float64), never in bf16/fp16: a
-  low-precision Gram has rounding errors of size ``u·a·||G||`` which, once they exceed 1, make ``I + a G``
-  indefinite (NaN from Cholesky).
-* In float64 the factor comes from a QR decomposition instead of Cholesky (see ``_qr_factor``): its error is
-  the square root of the Gram route's, which is what keeps 1e-6 relative accuracy at any scale and rank.
-* Factorization failure is detected on the device with :func:`torch.linalg.cholesky_ex` (no host sync); the
-  factor of a failed batch entry is overwritten by a unit lower-triangular one (a masked fill), which
-  gives the value zero, a zero gradient and a backward that cannot raise; the caller receives the status to
-  count or escalate them.
-* From order 256 on, the Gram is formed from three GEMMs of its lower blocks (3/4 of the flops): the
-  factorization reads only the lower triangle.
-* On CPU, a successful float32 factorization whose rate is estimated to be off by more than 1e-3 (see
-  ``_host.needs_float64``) is redone by the float64 QR route, whose factor also serves the backward.
-* On the ``d`` side, from 128 rows on, the Gram is summed around the row mean (``XᵀX = X_cᵀX_c + n·μμᵀ``):
-  collapsed rows make a plain float32 sum round every term the same way, an error that lands on the unit
-  eigenvalues of ``I + a·G``.
-* Off CPU nothing in forward or backward reads a value on the host: the rare branches (series, failed
-  factor, non-finite input) are all computed and selected with :func:`torch.where`, and the backward inverts
-  with a triangular solve, since :func:`torch.cholesky_inverse` checks its LAPACK status there with a device
-  sync. On CPU, where reading a value is no device sync, one read of the traces and one of the status skip
-  the branches that do not apply: a dozen small ops, most of a step's time at small sizes. Where a branch
-  does not apply it adds exact zeros, so both routes give the same bits; only the mean split below, which
-  the host read may skip, changes the rounding. ``torch.compile`` traces the device route.
-* On CPU a ``k x k`` matrix with ``k`` a multiple of 128 is factored as ``blockdiag(M, I_8)``: LAPACK's
-  Cholesky is much slower at those orders (1.7x to 3.7x in ``benchmarks/logdet.py``, padding included),
-  presumably because the columns fall into the same cache sets, and the padding changes nothing else.
-* Non-finite inputs propagate as NaN (value and gradient), never as a finite wrong number.
-* When ``a·tr(G)`` is tiny, ``1 + a·G_ii`` loses the digits that carry the answer, so the value comes from the
-  series ``tr(A)/2 - tr(A²)/4`` (``A = a G``) instead; its truncation error is below ``tr(A)²/6`` relative,
-  and the threshold is set per dtype where that bound meets the Cholesky rounding error.
+``1/2 logdet(I_d + a XᵀX) = 1/2 logdet(I_n + a XXᵀ)`` (Sylvester's identity) on the smaller side, from one
+Cholesky factor in float32 (a QR factor in float64) that the analytic backward reuses:
+``dR/dX = a X M⁻¹`` with ``M = I + a·G``. The steps are in ``jepa_rate.numerics._steps``; why each choice
+is made (the float32 Gram, the mean split, the series, the CPU float64 redo, padding, failure handling, no
+host syncs off CPU) is in ``docs/concepts/coding_rate.md``, "How the kernel computes it".
 """
 
 from __future__ import annotations
@@ -54,11 +18,18 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from jepa_rate._validation import check_choice, check_nonnegative
-from jepa_rate.numerics import _host
-from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into, scaled_gram
-from jepa_rate.numerics.precision import float32_island, matmul_precision_reduced
+from jepa_rate.numerics import _host, _steps
+from jepa_rate.numerics._gram import ReduceMode, per_matrix, product_into
+from jepa_rate.numerics.precision import autocast_enabled, float32_island, matmul_precision_reduced
 
-__all__ = ["FALLBACKS", "Fallback", "GramLogdet", "Method", "ReduceMode", "gram_half_logdet"]
+__all__ = [
+    "FALLBACKS",
+    "Fallback",
+    "GramLogdet",
+    "Method",
+    "ReduceMode",
+    "gram_half_logdet",
+]
 
 Method = Literal["auto", "cholesky", "qr"]
 Fallback = Literal["zero", "float64", "raise"]
@@ -97,27 +68,6 @@ class GramLogdet(NamedTuple):
         return (self.info != 0) & self.scaled_trace.isfinite()
 
 
-def _qr_factor(x: Tensor, scale: Tensor | float, n_side: bool) -> Tensor:
-    """Lower-triangular ``L`` with ``L Lᵀ = I + a·G`` from a Householder QR of ``B = [√a·X_side; I_k]``.
-
-    ``BᵀB = I + a·G`` exactly, and QR's backward error perturbs the singular values of ``B`` (all >= 1) by
-    ``~u·√(a·||G||)``: the square root of the Gram route's error, so rank-deficient features at large scale
-    keep full float64 accuracy. It costs a few Grams, and it never fails.
-    """
-    side = x.mT if n_side else x
-    k = side.shape[-1]
-    root = per_matrix(scale.sqrt()) if isinstance(scale, Tensor) else scale**0.5
-    eye = torch.eye(k, dtype=x.dtype, device=x.device).expand(*x.shape[:-2], k, k)
-    # R's diagonal may be negative; L Lᵀ = RᵀR holds regardless, and the log-determinant uses |diag|.
-    r: Tensor = torch.linalg.qr(torch.cat([side * root, eye], dim=-2), mode="r").R
-    return r.mT
-
-
-def _in_float64(scale: Tensor | float) -> Tensor | float:
-    """The scale for a float64 recompute: a tensor cast to float64, a Python float as it is."""
-    return scale.double() if isinstance(scale, Tensor) else scale
-
-
 def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
     """``(L Lᵀ)⁻¹`` from a lower-triangular ``L`` with a nonzero diagonal, without a host sync.
 
@@ -134,6 +84,44 @@ def _spd_inverse(chol: Tensor, *, potri: bool | None = None) -> Tensor:
     return inverse
 
 
+def beyond_float32_contract(x: Tensor, mode: ReduceMode, scaled_trace: Tensor) -> Tensor:
+    """Per set, whether a float32 rate lies beyond the float32 contract and was not checked on the host.
+
+    True where ``q = u·a·tr(G) > 1e-3`` for float32 ``x`` on a route that reads nothing on the host (CUDA,
+    ``torch.compile``, a distributed ``all_reduce``): there rank-deficient features may be off by more
+    than 1e-3. A device-side comparison, no sync. Always false in float64 and on the CPU route, which
+    redoes inaccurate sets in float64.
+    """
+    if x.dtype != torch.float32 or (_host.decided_on_host(x) and mode != "reduce"):
+        return torch.zeros_like(scaled_trace, dtype=torch.bool)
+    return _host.FLOAT32_ROUNDOFF * scaled_trace > _host.FLOAT64_ABOVE
+
+
+def _save_for_backward(
+    ctx: FunctionCtx,
+    rows: Tensor,
+    scale: Tensor | float,
+    factor: _steps.Factor,
+    probe: Tensor | None,
+    inverse: Tensor | None,
+    layout: tuple[Any, ...],
+) -> None:
+    """What the backward reads: the rows, the factor, the failed mask and NaN probe (``None`` where a host
+    read showed their branch does not apply), ``M⁻¹`` if the accuracy check formed it, and the scale (a
+    tensor is saved, version-checked; a float travels on ``ctx``)."""
+    saved = (
+        rows,
+        factor.chol,
+        factor.failed,
+        probe,
+        inverse,
+        *([scale] if isinstance(scale, Tensor) else []),
+    )
+    ctx.save_for_backward(*saved)  # type: ignore[arg-type]
+    ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
+    ctx.layout = layout  # type: ignore[attr-defined]
+
+
 class _GramHalfLogdet(torch.autograd.Function):
     """Forward: one Gram, one factorization. Backward: ``M⁻¹`` from the saved factor, one GEMM."""
 
@@ -147,94 +135,31 @@ class _GramHalfLogdet(torch.autograd.Function):
         gram_in_float64: bool,
         orthogonal: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        local_n = x.shape[-2]
-        rank = 0
-        if mode == "gather":
-            world = dist.get_world_size(group)
-            rank = dist.get_rank(group)
-            gathered = x.new_empty((world * x.shape[0], *x.shape[1:]))
-            dist.all_gather_into_tensor(gathered, x.contiguous(), group=group)
-            # (world·B, n, d) -> (B, world·n, d): rank r's rows sit at [r·n, (r+1)·n). One matrix is already
-            # (world·n, d).
-            if x.ndim == 3:
-                gathered = gathered.view(world, -1, *x.shape[1:]).transpose(0, 1).flatten(1, 2)
-            x = gathered
-        n_side = mode == "gather" or (mode == "local" and x.shape[-2] < x.shape[-1])
-        k = x.shape[-2] if n_side else x.shape[-1]
-        split = not (n_side or orthogonal or gram_in_float64) and _host.split_rows(x, scale)
-        matrix, mirrored = scaled_gram(
-            x, scale, n_side, mode, group, gram_in_float64=gram_in_float64, pad=not orthogonal, split=split
+        rows, first_row = _steps.gather_rows(x, mode, group)
+        n_side = mode == "gather" or (mode == "local" and rows.shape[-2] < rows.shape[-1])
+        k = rows.shape[-2] if n_side else rows.shape[-1]
+        matrix, mirrored, scaled_trace = _steps.form_gram(
+            rows, scale, n_side, mode, group, gram_in_float64=gram_in_float64, orthogonal=orthogonal
         )
-        # Padding is zero, so the trace and the norm of the padded matrix are those of a·G.
-        diagonal = matrix.diagonal(dim1=-2, dim2=-1)
-        scaled_trace = diagonal.sum(-1)
-        limit = series_below(k, x.dtype)
-        bounds = _host.trace_bounds(scaled_trace) if _host.decided_on_host(x) else None
+        limit = series_below(k, rows.dtype)
+        bounds = _host.trace_bounds(scaled_trace) if _host.decided_on_host(rows) else None
         regular = bounds is not None and _host.series_never_applies(bounds, k, limit)
-        use_series: Tensor | None = None
-        if not regular:
-            norm = torch.linalg.vector_norm(matrix, dim=(-2, -1))
-            if mirrored is not None:
-                norm = torch.hypot(norm, torch.linalg.vector_norm(mirrored, dim=(-2, -1)))
-            use_series = norm < limit
-            series = torch.addcmul(scaled_trace, norm, norm, value=-0.5).mul_(0.5)  # tr(A)/2 - tr(A²)/4
-        failed: Tensor | None = None
-        inverse: Tensor | None = None
-        redone = False
+        series = None if regular else _steps.series_branch(matrix, mirrored, scaled_trace, limit)
+        inverse = None
         if orthogonal:
-            chol = _qr_factor(x, scale, n_side)
-            info = torch.zeros(x.shape[:-2], dtype=torch.int32, device=x.device)
-            factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+            factor = _steps.qr_factor(rows, scale, n_side)
         else:
-            diagonal.add_(1.0)
-            chol, info = torch.linalg.cholesky_ex(matrix)
-            any_failed = not regular or _host.any_on_host(info)
-            if any_failed:
-                failed = info != 0
-                # A failed factor holds garbage (possibly a zero pivot, on which cholesky_inverse raises).
-                # Overwrite it with ones: read as lower-triangular (the only triangle used) that is a
-                # unit-diagonal factor with log-determinant 0, the fallback value, and a small finite inverse.
-                # In place, so the factor keeps the column-major layout cholesky_inverse reads without a copy.
-                chol.masked_fill_(per_matrix(failed), 1.0)
-            factored = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            factor = _steps.cholesky_factor(matrix, known_regular=regular)
             if bounds is not None:
-                factor = chol if chol.shape[-1] == k else chol[..., :k, :k]
-                rate, series_error = factored, None
-                if use_series is not None:
-                    rate = torch.where(use_series, series, factored)
-                    series_error = torch.where(use_series, norm**3 / 6, -1.0)
-                check = _host.check_float32(
-                    x, mode, bounds, scaled_trace, series_error, factor, rate, info, any_failed
+                factor, inverse = _steps.redo_inaccurate_float32(
+                    rows, scale, n_side, mode, factor, series, scaled_trace, bounds
                 )
-                inverse = check.inverse
-                if check.redo:
-                    # On CPU an inaccurate or failed float32 factor is redone from the rows by the float64 QR
-                    # route (never fails, 1e-6 at any scale), for the whole batch; its factor serves the
-                    # backward.
-                    chol = _qr_factor(x.double(), _in_float64(scale), n_side)
-                    info, failed, inverse = torch.zeros_like(info), None, None
-                    redone = True
-                    factored = chol.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1).to(x.dtype)
-        probe: Tensor | None = None
-        value = factored
-        if use_series is not None:
-            if not redone:  # the float64 factor beats the series at any trace
-                value = torch.where(use_series, series, factored)
-            # 0 for finite input and NaN otherwise: non-finite input comes out as NaN whatever the
-            # factorization did (LAPACK flags NaN as a failure, cuSOLVER need not).
-            probe = scaled_trace - scaled_trace
-            value = value.add_(probe)
-
-        # A tensor scale is saved (version-checked); a float one travels on ctx. ``failed`` and ``probe`` are
-        # None when the host read showed their branch does not apply (save_for_backward accepts None);
-        # ``inverse`` is M⁻¹ when the accuracy check already formed it.
-        saved = (x, chol, failed, probe, inverse, *([scale] if isinstance(scale, Tensor) else []))
-        ctx.save_for_backward(*saved)  # type: ignore[arg-type]
-        ctx.scale = None if isinstance(scale, Tensor) else scale  # type: ignore[attr-defined]
-        ctx.layout = (n_side, mode, group, k, rank * local_n, local_n)  # type: ignore[attr-defined]
-        ctx.mark_non_differentiable(info, scaled_trace)
+        value, probe = _steps.select_value(factor, series, scaled_trace)
+        layout = (n_side, mode, group, k, first_row, x.shape[-2])
+        _save_for_backward(ctx, rows, scale, factor, probe, inverse, layout)
+        ctx.mark_non_differentiable(factor.info, scaled_trace)
         ctx.set_materialize_grads(False)
-        return value, info, scaled_trace
+        return value, factor.info, scaled_trace
 
     @staticmethod
     def backward(
@@ -251,7 +176,7 @@ class _GramHalfLogdet(torch.autograd.Function):
             return None, None, None, None, None, None
         x, chol, failed, probe, inverse, *scale_tensor = ctx.saved_tensors  # type: ignore[attr-defined]
         # The backward runs under the autocast state around the backward() call, not the forward's.
-        if not torch.is_autocast_enabled(x.device.type):
+        if not autocast_enabled(x.device):
             return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, inverse, scale_tensor)
         with float32_island(x.device):
             return _GramHalfLogdet._gradient(ctx, grad_value, x, chol, failed, probe, inverse, scale_tensor)
@@ -277,8 +202,8 @@ class _GramHalfLogdet(torch.autograd.Function):
             dist.all_reduce(coef, group=group)
         # Failed factors (now unit triangular) get exactly zero gradient; non-finite input gets NaN.
         if failed is not None:
-            coef = torch.where(failed, 0.0 if probe is None else probe, coef)
-        elif probe is not None:
+            coef = torch.where(failed, 0.0, coef)
+        if probe is not None:  # also where the factor "succeeded" on an overflowed Gram (e.g. d = 1)
             coef = coef + probe
         # M⁻¹ is symmetric and comes back column-major: its transpose is the same matrix, row-major, which
         # the GEMM reads faster. The leading k x k block of a padded factor is the unpadded factor. A saved
@@ -310,9 +235,9 @@ def gram_half_logdet(
 ) -> GramLogdet:
     """Computes ``1/2 logdet(I + scale·XᵀX)`` per batch entry on the cheaper side, with an analytic backward.
 
-    This is the low-level kernel behind :func:`jepa_rate.coding_rate` and :func:`jepa_rate.rate_reduction`;
-    it does no argument checking and no preprocessing. Autocast is disabled in its forward and backward, but
-    ``x`` must already be in the compute dtype.
+    This is the low-level kernel behind :func:`jepa_rate.coding_rate` and :func:`jepa_rate.rate_reduction`
+    (which call it without repeating its argument checks); it does no preprocessing. Autocast is disabled
+    in its forward and backward, but ``x`` must already be in the compute dtype.
 
     Args:
         x: Features in the compute dtype (float32 or float64): one set, or a contiguous batch of sets. One
@@ -355,6 +280,19 @@ def gram_half_logdet(
         True
     """
     _check_kernel_arguments(x, scale, mode, method, fallback)
+    return half_logdet(x, scale, mode, group, fallback, method)
+
+
+def half_logdet(
+    x: Tensor,
+    scale: Tensor | float,
+    mode: ReduceMode,
+    group: Any,
+    fallback: Fallback,
+    method: Method = "auto",
+) -> GramLogdet:
+    """:func:`gram_half_logdet` without its argument checks, for callers that checked their own arguments
+    (checking again would cost time, and break ``torch.compile`` where ``scale`` is symbolic)."""
     orthogonal = method == "qr" or (method == "auto" and x.dtype == torch.float64 and mode != "reduce")
     gram_in_float64 = x.dtype == torch.float32 and matmul_precision_reduced(x.device)
     with float32_island(x.device):
@@ -374,7 +312,8 @@ def gram_half_logdet(
                 f"(scale a={shown_scale}): the float32 Gram is too inaccurate at this scale; pass "
                 "compute_dtype=torch.float64, a larger eps / smaller alpha, or normalize=True"
             )
-        exact = _GramHalfLogdet.apply(x.double(), _in_float64(scale), mode, group, False, mode != "reduce")
+        scale64 = scale.double() if isinstance(scale, Tensor) else scale
+        exact = _GramHalfLogdet.apply(x.double(), scale64, mode, group, False, mode != "reduce")
         rate = torch.where(failed, exact[0].to(rate.dtype), rate)
     return GramLogdet(rate, info, scaled_trace)
 

@@ -29,9 +29,14 @@ def float32_island(device: torch.device) -> contextlib.AbstractContextManager[ob
         >>> product.dtype
         torch.float32
     """
-    if torch.is_autocast_enabled(device.type):
+    if autocast_enabled(device):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is active on ``device``; ``False`` where it has none (the meta device)."""
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
 
 
 @torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
