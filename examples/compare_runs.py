@@ -20,20 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.outputs import RunDir
+from common.config import flat_keys
 from common.plots import numeric_keys, plot_comparison
+from common.run import read_jsonl
 
 __all__ = ["collect_summaries", "main", "markdown_table"]
-
-
-def _flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in summary.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _cell(value: Any) -> str:
@@ -82,9 +73,12 @@ def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
     for path, name in zip(run_dirs, names, strict=True):
         label = name if names.count(name) == 1 else str(path)
         try:
-            out[label] = _flatten(RunDir(path, enabled=False).read_summary())
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:  # its message lacks the file it came from
             raise ValueError(f"{path / 'summary.json'}: invalid JSON: {err}") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path / 'summary.json'} does not hold a JSON object")
+        out[label] = {k: v for k, v in flat_keys(summary).items() if not isinstance(v, list)}
     return out
 
 
@@ -118,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summaries = collect_summaries(args.runs)
     except ValueError as err:
         parser.error(str(err))
-    curves = {
-        label: RunDir(p, enabled=False).records() for label, p in zip(summaries, args.runs, strict=True)
-    }
+    curves = {label: read_jsonl(p / "metrics.jsonl") for label, p in zip(summaries, args.runs, strict=True)}
     keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
     # Checked before anything is written; the default "epoch" may be absent (the record index is used).
     if any(curves.values()) and (why := _unknown_plot_keys(curves, keys, args.x)):

@@ -12,7 +12,7 @@ from test_ex_train_smoke import train_tiny
 import cifar_rot_train
 import compare_runs
 from common.checkpoint import load_checkpoint
-from common.outputs import read_jsonl
+from common.run import read_jsonl
 
 
 def test_symmetric_variant_uses_one_hot_actions_and_rejects_sincos(
