@@ -91,6 +91,29 @@ def test_padding_excluded_from_statistics_and_output() -> None:
         assert_close(out.next, ref.next, **TIGHT)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("relative", [False, True])
+def test_non_finite_padding_changes_neither_values_nor_gradients(bad: float, relative: bool) -> None:
+    # Padded slots of a buffer from torch.empty may hold NaN / Inf: they must not reach the outputs or the
+    # projection's gradient (0 * NaN = NaN in the weight gradient if they were projected).
+    torch.manual_seed(0)
+    enc = ActionEncoder(action_dim=3, embed_dim=4, relative_input=relative, bias=True).double()
+    lengths = [5, 2, 4, 3]
+    mask = torch.tensor([[t >= n for t in range(5)] for n in lengths])
+    slots = mask[:, 1:] if relative else mask
+    actions = _randn(4, 4 if relative else 5, 3, seed=7)
+    results = []
+    for fill in (bad, 3.0):
+        enc.zero_grad()
+        inputs = actions.masked_fill(slots[..., None], fill).requires_grad_(True)
+        out = enc(inputs, padding_mask=mask)
+        (out.tokens.sin().sum() + out.next.square().sum()).backward()
+        results.append((out.tokens, out.next, inputs.grad, enc.proj.weight.grad, enc.proj.bias.grad))
+    for got, want in zip(*results, strict=True):
+        assert got is not None and want is not None and bool(got.isfinite().all())
+        assert_close(got, want, **TIGHT)
+
+
 def test_variable_lengths_pick_the_right_query() -> None:
     torch.manual_seed(0)
     enc = ActionEncoder(action_dim=2, embed_dim=3, norm="none").double()

@@ -97,6 +97,37 @@ def test_padding_does_not_change_the_result(options: dict[str, object]) -> None:
         assert_close(padded.tokens[b, :n], alone.tokens[0], **TIGHT)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("options", [{}, {"max_len": 8}, {"norm_first": True, "dropout": 0.0, "train": True}])
+def test_non_finite_padding_changes_neither_values_nor_gradients(
+    bad: float, options: dict[str, object]
+) -> None:
+    # A padded slot gets attention weight 0, and 0 * NaN = NaN: a buffer from torch.empty must not poison
+    # its row. The reference holds finite garbage in the same slots.
+    train = bool(options.pop("train", False))
+    agg = _small(**options).train(train)
+    x, cond = _randn(3, 5, 12, seed=5), _randn(3, 5, 4, seed=6)
+    mask = torch.tensor([[False] * 2 + [True] * 3, [False] * 5, [False] * 4 + [True]])
+    results = []
+    for fill in (bad, 7.0):
+        xs = x.masked_fill(mask[..., None], fill).requires_grad_(True)
+        cs = cond.masked_fill(mask[..., None], fill).requires_grad_(True)
+        agg.zero_grad()
+        out = agg(xs, cs, key_padding_mask=mask)
+        valid_tokens = out.tokens[~mask]
+        (out.agg.square().sum() + valid_tokens.sin().sum()).backward()
+        grads = [xs.grad, cs.grad, *(p.grad for p in agg.parameters())]
+        results.append((out.agg, valid_tokens, grads))
+    (agg_bad, tok_bad, grads_bad), (agg_ref, tok_ref, grads_ref) = results
+    assert bool(agg_bad.isfinite().all()) and bool(tok_bad.isfinite().all())
+    assert_close(agg_bad, agg_ref, **TIGHT)
+    assert_close(tok_bad, tok_ref, **TIGHT)
+    for got, want in zip(grads_bad, grads_ref, strict=True):
+        assert got is not None and want is not None and bool(got.isfinite().all())
+        assert_close(got, want, **TIGHT)
+    assert torch.equal(grads_bad[0][mask], torch.zeros_like(grads_bad[0][mask]))
+
+
 def test_without_positions_agg_is_permutation_invariant() -> None:
     agg = _small()
     x = _randn(2, 5, 16, seed=4)

@@ -131,3 +131,12 @@ def test_numpy_scalars_and_overflow() -> None:
     assert linear_ramp(5, start=np.float64(0.0), end=1.0, total_steps=np.int64(10)) == 0.5
     with pytest.raises(ValueError, match="start must be a finite number"):
         linear_ramp(3, start=10**400, end=1.0, total_steps=10)
+    # A schedule checks its settings once and keeps them as plain Python numbers.
+    sched = CosineSchedule(total_steps=np.int64(10), start=np.float32(0.5))
+    assert type(sched.total_steps) is int and type(sched.start) is float
+    assert sched(5) == cosine_ramp(5, start=0.5, end=1.0, total_steps=10)
+    warm = WarmupCosineSchedule(peak=np.float64(1.0), total_steps=np.int32(6), warmup_steps=np.int64(2))
+    assert type(warm.warmup_steps) is int and type(warm.peak) is float
+    assert [warm(k) for k in range(8)] == [
+        warmup_cosine(k, peak=1.0, total_steps=6, warmup_steps=2) for k in range(8)
+    ]

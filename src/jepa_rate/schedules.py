@@ -45,6 +45,41 @@ def _check_step(step: object) -> int:
     return max(_check_count(step, "step", minimum=None), 0)
 
 
+# The unchecked ramps below take a step k >= 0 and checked settings; the public functions and the schedule
+# classes check each argument once where the user passes it and then call them.
+def _linear(k: int, start: float, end: float, total: int) -> float:
+    return end if k >= total else start + (end - start) * k / total
+
+
+def _cosine(k: int, start: float, end: float, total: int) -> float:
+    return end if k >= total else end - (end - start) * (math.cos(math.pi * k / total) + 1.0) / 2.0
+
+
+def _warmup_cosine(k: int, peak: float, total: int, warmup: int, start: float, end: float) -> float:
+    if k < warmup:
+        return _linear(k, start, peak, warmup)
+    return _cosine(k - warmup, peak, end, total - warmup)
+
+
+def _ramp_settings(start: object, end: object, total_steps: object) -> tuple[float, float, int]:
+    total = _check_count(total_steps, "total_steps", minimum=0)
+    return finite_real(start, "start"), finite_real(end, "end"), total
+
+
+def _warmup_cosine_settings(
+    peak: object, total_steps: object, warmup_steps: object, start: object, end: object
+) -> tuple[float, int, int, float, float]:
+    warmup = _check_count(warmup_steps, "warmup_steps", minimum=0)
+    total = _check_count(total_steps, "total_steps", minimum=0)
+    if total < warmup:
+        raise ValueError(
+            f"total_steps must be >= warmup_steps, got total_steps={total}, warmup_steps={warmup}"
+        )
+    # Both ends are checked, not only the one a step's branch reads: a NaN ``end`` must not wait until the
+    # warmup is over to surface.
+    return finite_real(peak, "peak"), total, warmup, finite_real(start, "start"), finite_real(end, "end")
+
+
 def linear_ramp(step: int, *, start: float, end: float, total_steps: int) -> float:
     """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total_steps`` and after).
 
@@ -65,12 +100,7 @@ def linear_ramp(step: int, *, start: float, end: float, total_steps: int) -> flo
         >>> linear_ramp(5, start=0.0, end=1.0, total_steps=10)
         0.5
     """
-    k = _check_step(step)
-    total = _check_count(total_steps, "total_steps", minimum=0)
-    start, end = finite_real(start, "start"), finite_real(end, "end")
-    if k >= total:
-        return end
-    return start + (end - start) * k / total
+    return _linear(_check_step(step), *_ramp_settings(start, end, total_steps))
 
 
 def cosine_ramp(step: int, *, start: float, end: float, total_steps: int) -> float:
@@ -100,12 +130,7 @@ def cosine_ramp(step: int, *, start: float, end: float, total_steps: int) -> flo
         >>> cosine_ramp(100, start=0.996, end=1.0, total_steps=100)
         1.0
     """
-    k = _check_step(step)
-    total = _check_count(total_steps, "total_steps", minimum=0)
-    start, end = finite_real(start, "start"), finite_real(end, "end")
-    if k >= total:
-        return end
-    return end - (end - start) * (math.cos(math.pi * k / total) + 1.0) / 2.0
+    return _cosine(_check_step(step), *_ramp_settings(start, end, total_steps))
 
 
 def warmup_cosine(
@@ -143,20 +168,14 @@ def warmup_cosine(
         >>> [round(warmup_cosine(k, peak=1.0, warmup_steps=2, total_steps=6), 3) for k in range(7)]
         [0.0, 0.5, 1.0, 0.854, 0.5, 0.146, 0.0]
     """
-    k = _check_step(step)
-    warmup = _check_count(warmup_steps, "warmup_steps", minimum=0)
-    total = _check_count(total_steps, "total_steps", minimum=0)
-    if total < warmup:
-        raise ValueError(
-            f"total_steps must be >= warmup_steps, got total_steps={total}, warmup_steps={warmup}"
-        )
-    peak = finite_real(peak, "peak")
-    # Both ends are checked at every step, not only the one this step's branch reads: a NaN ``end`` must not
-    # wait until the warmup is over to surface.
-    start, end = finite_real(start, "start"), finite_real(end, "end")
-    if k < warmup:
-        return linear_ramp(k, start=start, end=peak, total_steps=warmup)
-    return cosine_ramp(k - warmup, start=peak, end=end, total_steps=total - warmup)
+    settings = _warmup_cosine_settings(peak, total_steps, warmup_steps, start, end)
+    return _warmup_cosine(_check_step(step), *settings)
+
+
+def _set_fields(schedule: object, **values: float) -> None:
+    """Stores checked settings on a frozen schedule dataclass."""
+    for name, value in values.items():
+        object.__setattr__(schedule, name, value)
 
 
 @dataclass(frozen=True)
@@ -171,7 +190,7 @@ class ConstantSchedule:
     value: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "value", finite_real(self.value, "value"))
+        _set_fields(self, value=finite_real(self.value, "value"))
 
     def __call__(self, step: int) -> float:
         _check_step(step)
@@ -192,10 +211,12 @@ class LinearSchedule:
     total_steps: int
 
     def __post_init__(self) -> None:
-        self(0)  # validates the settings now rather than at the first step
+        # Checked once here, stored as plain Python numbers; each call then only checks its step.
+        start, end, total = _ramp_settings(self.start, self.end, self.total_steps)
+        _set_fields(self, start=start, end=end, total_steps=total)
 
     def __call__(self, step: int) -> float:
-        return linear_ramp(step, start=self.start, end=self.end, total_steps=self.total_steps)
+        return _linear(_check_step(step), self.start, self.end, self.total_steps)
 
 
 @dataclass(frozen=True)
@@ -213,10 +234,11 @@ class CosineSchedule:
     end: float = 1.0
 
     def __post_init__(self) -> None:
-        self(0)  # validates the settings now rather than at the first step
+        start, end, total = _ramp_settings(self.start, self.end, self.total_steps)
+        _set_fields(self, start=start, end=end, total_steps=total)
 
     def __call__(self, step: int) -> float:
-        return cosine_ramp(step, start=self.start, end=self.end, total_steps=self.total_steps)
+        return _cosine(_check_step(step), self.start, self.end, self.total_steps)
 
 
 @dataclass(frozen=True)
@@ -236,17 +258,14 @@ class WarmupCosineSchedule:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        self(0)  # validates the settings now rather than at the first step
+        peak, total, warmup, start, end = _warmup_cosine_settings(
+            self.peak, self.total_steps, self.warmup_steps, self.start, self.end
+        )
+        _set_fields(self, peak=peak, total_steps=total, warmup_steps=warmup, start=start, end=end)
 
     def __call__(self, step: int) -> float:
-        return warmup_cosine(
-            step,
-            peak=self.peak,
-            total_steps=self.total_steps,
-            warmup_steps=self.warmup_steps,
-            start=self.start,
-            end=self.end,
-        )
+        k = _check_step(step)
+        return _warmup_cosine(k, self.peak, self.total_steps, self.warmup_steps, self.start, self.end)
 
 
 def as_schedule(value: float | Schedule) -> Schedule:

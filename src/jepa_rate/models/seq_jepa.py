@@ -6,7 +6,8 @@ Ghaemi et al., "seq-JEPA: Autoregressive Predictive Learning of Invariant-Equiva
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
 import torch
@@ -17,11 +18,10 @@ from jepa_rate._validation import (
     check_bool,
     check_choice,
     check_floating_tensor,
-    check_nonnegative,
+    check_int,
     check_positive,
     check_probability,
 )
-from jepa_rate.losses.coding_rate import CodingRateLoss
 from jepa_rate.modules._padding import check_padding_mask, reverse_valid_prefix
 from jepa_rate.modules.action_encoder import ActionEncoder
 from jepa_rate.modules.aggregator import SeqAggregator
@@ -33,7 +33,7 @@ __all__ = ["PredictionLossKind", "SeqJEPA", "SeqJEPAOutput", "prediction_loss"]
 
 PredictionLossKind = Literal["cosine", "mse", "smooth_l1"]
 TargetMode = Literal["ema", "stopgrad"]
-RateOn = Literal["agg", "encoder"]
+TargetPass = Literal["joint", "separate"]
 
 
 def prediction_loss(
@@ -56,7 +56,7 @@ def prediction_loss(
         Scalar loss, in float32 for lower-precision inputs (float64 for float64 ones).
 
     Raises:
-        ValueError: If the shapes differ or ``kind`` is unknown.
+        ValueError: If the shapes differ, ``kind`` is unknown or ``beta`` is not positive.
 
     Examples:
         >>> p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -64,6 +64,7 @@ def prediction_loss(
         (tensor(0.), tensor(4.))
     """
     check_choice(kind, "kind", ("cosine", "mse", "smooth_l1"))
+    beta = check_positive(beta, "beta")
     if prediction.shape != target.shape or prediction.ndim != 2:
         raise ValueError(
             f"prediction and target must have the same shape (B, D), got {tuple(prediction.shape)} "
@@ -78,7 +79,37 @@ def prediction_loss(
     p, t = F.normalize(prediction, dim=-1), F.normalize(target, dim=-1)
     if kind == "mse":
         return (p - t).square().sum(dim=-1).mean()
-    return F.smooth_l1_loss(p, t, reduction="none", beta=check_positive(beta, "beta")).sum(dim=-1).mean()
+    return F.smooth_l1_loss(p, t, reduction="none", beta=beta).sum(dim=-1).mean()
+
+
+def _embed_dim(encoder: nn.Module, embed_dim: int | None) -> int:
+    """The checked encoder output size: ``embed_dim``, or the encoder's ``out_dim`` attribute."""
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
+    if embed_dim is None:
+        embed_dim = getattr(encoder, "out_dim", None)
+        if not isinstance(embed_dim, int):
+            raise ValueError(
+                f"embed_dim is required: {type(encoder).__name__} has no int `out_dim` attribute to read"
+            )
+    return check_int(embed_dim, "embed_dim")
+
+
+@contextmanager
+def _named_as(**names: str) -> Iterator[None]:
+    """Re-raises a sub-module's argument error under the name the user passed to :class:`SeqJEPA`.
+
+    The sub-modules check their arguments; their messages start with their own parameter names
+    (``hidden_dim must be >= 1``), which would point a :class:`SeqJEPA` user at the wrong argument.
+    """
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for inner, outer in names.items():
+            if message.startswith(f"{inner} "):
+                raise type(exc)(outer + message[len(inner) :]) from exc
+        raise
 
 
 def _last_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -89,30 +120,23 @@ def _last_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
 
 
 class SeqJEPAOutput(NamedTuple):
-    """Everything one :class:`SeqJEPA` step computes, so probes and diagnostics need no second pass.
+    """Everything one :class:`SeqJEPA` step computes; the caller composes the objective from it.
 
     Attributes:
-        loss: Total loss ``prediction_weight * prediction_loss + rate_weight * rate_loss`` (scalar).
-        prediction_loss: The prediction loss (scalar; averaged over both directions when symmetric).
-        rate_loss: The coding-rate loss ``-R`` (scalar; a constant 0 when the regularizer is off).
-        prediction_weight: Weight of the prediction loss.
-        rate_weight: Weight of the rate loss used in this step (0 when the regularizer is off).
-        z_agg: ``(B, d_model)`` [AGG] output of the forward direction (the invariant representation).
-        encodings: ``(B, T - 1, D)`` online encoder outputs of the observed views (the equivariant
+        prediction: ``(B, D)`` predicted embedding of each sequence's last valid view; with
+            ``symmetric=True`` ``(2B, D)``: the ``B`` forward rows, then the ``B`` rows of the reversed
+            direction (predicting view 0).
+        target: Same shape as ``prediction``, the stop-gradient target embeddings (detached).
+        z_agg: ``(B, d_model)`` [AGG] outputs (the invariant representation), or ``(2B, d_model)`` with
+            ``symmetric=True``, in the same row order; probes use ``z_agg[:B]``.
+        encodings: ``(B, T - 1, D)`` online encodings of the observed views (the equivariant
             representations), zero at padded positions.
-        prediction: ``(B, D)`` predicted embedding of the target view (forward direction).
-        target: ``(B, D)`` target embedding of the last valid view (detached).
     """
 
-    loss: Tensor
-    prediction_loss: Tensor
-    rate_loss: Tensor
-    prediction_weight: float
-    rate_weight: float
-    z_agg: Tensor
-    encodings: Tensor
     prediction: Tensor
     target: Tensor
+    z_agg: Tensor
+    encodings: Tensor
 
 
 class SeqJEPA(nn.Module):
@@ -125,7 +149,11 @@ class SeqJEPA(nn.Module):
     predicts the embedding of the last view, given by a stop-gradient target: an EMA copy of the encoder
     (``target="ema"``, call :meth:`update_target` after each optimiser step) or the online encoder's own
     output, detached (``target="stopgrad"``). With ``symmetric=True`` the first view is also predicted from
-    the reversed sequence with inverted actions, and the two losses are averaged.
+    the reversed sequence with inverted actions.
+
+    The model is the architecture only: :meth:`forward` returns the predictions, targets and
+    representations (:class:`SeqJEPAOutput`) and the caller composes the objective, e.g.
+    ``prediction_loss(out.prediction, out.target) - w * coding_rate(out.z_agg)``.
 
     With the upstream CIFAR ResNet-18 (:func:`~jepa_rate.models.cifar_resnet18`) and the defaults, the
     architecture and parameter count equal upstream's: 27.26 M online parameters for 9-d actions.
@@ -137,8 +165,16 @@ class SeqJEPA(nn.Module):
         action_embed_dim: Size of the action embeddings (upstream: 128).
         relative_actions: Whether ``forward`` gets relative actions instead of absolute ones.
         target: ``"ema"`` or ``"stopgrad"``.
+        target_pass: How ``target="stopgrad"`` encodes the target views. ``"joint"``: in the same encoder
+            call as the observed views, so batch-norm statistics are shared by all views and running
+            statistics are updated once per step. ``"separate"``: in a second encoder call under
+            ``torch.no_grad()`` after the online one, as upstream's non-EMA mode and the seq-JEPA fork at
+            github.com/kaikun213/seq-jepa do: in training the targets are normalised with their own batch
+            statistics and the encoder's running statistics are updated twice per step. With
+            ``target="ema"`` the EMA copy always encodes the targets in its own pass; only ``"joint"`` (the
+            default) is accepted there.
         ema_decay: EMA decay or schedule ``step -> decay`` (``target="ema"`` only).
-        ema_buffers: Buffer policy of :class:`~jepa_rate.modules.EMATarget`.
+        ema_buffers: Buffer policy of :class:`~jepa_rate.modules.EMATarget` (``target="ema"`` only).
         num_layers: Aggregator depth. The aggregator (:class:`~jepa_rate.modules.SeqAggregator`) works on
             ``d_model = D + action_embed_dim``.
         num_heads: Aggregator attention heads; must divide ``d_model``.
@@ -150,21 +186,11 @@ class SeqJEPA(nn.Module):
             (:class:`~jepa_rate.modules.ActionConditionedPredictor`).
         predictor_layers: Number of linear layers of the predictor.
         predictor_norm: Hidden norm of the predictor, ``"batch"``, ``"layer"`` or ``"none"``.
-        loss: Prediction loss kind, see :func:`prediction_loss`.
-        smooth_l1_beta: Threshold of the Smooth-L1 prediction loss.
-        prediction_weight: Weight of the prediction loss.
         symmetric: Also predict the first view from the reversed sequence (inverted actions).
         inverse_action: With ``symmetric=True`` and relative actions, the map from an action to its inverse
             (applied elementwise over ``(..., A)``). Default: negation, right for additive parameters
             (angles, offsets). For ``[sin θ, cos θ]`` codes the inverse is ``[-sin θ, cos θ]``: pass
             ``lambda a: a * a.new_tensor([-1.0, 1.0])``; for one-hot codes, the permutation to the inverse.
-        rate_on: Where to apply the coding-rate regularizer: ``"agg"`` (``z_AGG`` of every predicted
-            direction), ``"encoder"`` (online encodings of every view used as an observation: all but the
-            last, or all views when symmetric), or ``None`` (off).
-        rate_weight: Default weight of the rate loss. To follow a schedule, pass
-            ``rate_weight=schedule(step)`` to :meth:`forward` (see :mod:`jepa_rate.schedules`).
-        rate_loss: Module mapping ``(n, d)`` features to the scalar loss; default ``CodingRateLoss()``
-            (``-R`` with ``eps = 0.5``). Its own ``weight`` multiplies as well, so leave it at 1.
 
     Raises:
         TypeError: If ``encoder`` is not a module or an argument has the wrong type.
@@ -181,13 +207,15 @@ class SeqJEPA(nn.Module):
         - output: :class:`SeqJEPAOutput`.
 
     Examples:
+        >>> from jepa_rate import coding_rate
         >>> from jepa_rate.models import ConvEncoder
         >>> model = SeqJEPA(ConvEncoder(widths=(8, 16)), action_dim=2, action_embed_dim=8,
         ...                 num_layers=1, num_heads=2, predictor_hidden=32)
         >>> out = model(torch.randn(4, 3, 3, 16, 16), torch.randn(4, 3, 2))
-        >>> out.loss.shape, out.z_agg.shape, out.encodings.shape, out.prediction.shape
-        (torch.Size([]), torch.Size([4, 24]), torch.Size([4, 2, 16]), torch.Size([4, 16]))
-        >>> out.loss.backward(); model.update_target()
+        >>> out.prediction.shape, out.z_agg.shape, out.encodings.shape
+        (torch.Size([4, 16]), torch.Size([4, 24]), torch.Size([4, 2, 16]))
+        >>> loss = prediction_loss(out.prediction, out.target) - 0.05 * coding_rate(out.z_agg)
+        >>> loss.backward(); model.update_target()
         True
     """
 
@@ -200,6 +228,7 @@ class SeqJEPA(nn.Module):
         action_embed_dim: int = 128,
         relative_actions: bool = False,
         target: TargetMode = "ema",
+        target_pass: TargetPass = "joint",
         ema_decay: float | Schedule = 0.996,
         ema_buffers: BufferPolicy = "none",
         num_layers: int = 3,
@@ -211,80 +240,61 @@ class SeqJEPA(nn.Module):
         predictor_hidden: int = 1024,
         predictor_layers: int = 2,
         predictor_norm: PredictorNorm = "batch",
-        loss: PredictionLossKind = "cosine",
-        smooth_l1_beta: float = 1.0,
-        prediction_weight: float = 1.0,
         symmetric: bool = False,
         inverse_action: Callable[[Tensor], Tensor] | None = None,
-        rate_on: RateOn | None = None,
-        rate_weight: float = 1.0,
-        rate_loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
-        if embed_dim is None:
-            embed_dim = getattr(encoder, "out_dim", None)
-            if not isinstance(embed_dim, int):
-                raise ValueError(
-                    f"embed_dim is required: {type(encoder).__name__} has no int `out_dim` attribute to read"
-                )
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be an int >= 1, got {embed_dim!r}")
-        check_choice(target, "target", ("ema", "stopgrad"))
-        check_choice(loss, "loss", ("cosine", "mse", "smooth_l1"))
-        self.target_mode: TargetMode = target
-        self.loss_kind: PredictionLossKind = loss
-        if rate_on is not None:
-            check_choice(rate_on, "rate_on", ("agg", "encoder"))
-        elif rate_loss is not None:
-            raise ValueError("rate_loss was given but rate_on is None: set rate_on to 'agg' or 'encoder'")
-        if rate_loss is not None and not isinstance(rate_loss, nn.Module):
-            raise TypeError(f"rate_loss must be an nn.Module, got {type(rate_loss).__name__}")
-        self.rate_on: RateOn | None = rate_on
-        self.smooth_l1_beta = check_positive(smooth_l1_beta, "smooth_l1_beta")
-        self.prediction_weight = check_nonnegative(prediction_weight, "prediction_weight")
-        self.rate_weight = check_nonnegative(rate_weight, "rate_weight")
+        self.embed_dim = embed_dim = _embed_dim(encoder, embed_dim)
+        self.target_mode: TargetMode = check_choice(target, "target", ("ema", "stopgrad"))  # type: ignore[assignment]
+        self.target_pass: TargetPass = check_choice(target_pass, "target_pass", ("joint", "separate"))  # type: ignore[assignment]
+        if target == "ema" and target_pass == "separate":
+            raise ValueError(
+                "target_pass='separate' applies to target='stopgrad' only, got target='ema': the EMA copy "
+                "always encodes the target views in its own pass"
+            )
         self.symmetric = check_bool(symmetric, "symmetric")
         if inverse_action is not None and not callable(inverse_action):
             raise TypeError(f"inverse_action must be callable or None, got {type(inverse_action).__name__}")
         self.inverse_action = inverse_action
-        self.embed_dim = embed_dim
         self.encoder = encoder
-        self.action_encoder = ActionEncoder(action_dim, action_embed_dim, relative_input=relative_actions)
+        with _named_as(embed_dim="action_embed_dim", relative_input="relative_actions"):
+            self.action_encoder = ActionEncoder(action_dim, action_embed_dim, relative_input=relative_actions)
         d_model = embed_dim + action_embed_dim
         self.aggregator = SeqAggregator(
             d_model, num_layers, num_heads, dim_feedforward, dropout, norm_first=norm_first, max_len=max_len
         )
-        self.predictor = ActionConditionedPredictor(
-            d_model, action_embed_dim, embed_dim, predictor_hidden, predictor_layers, norm=predictor_norm
-        )
+        with _named_as(hidden_dim="predictor_hidden", num_layers="predictor_layers", norm="predictor_norm"):
+            self.predictor = ActionConditionedPredictor(
+                d_model, action_embed_dim, embed_dim, predictor_hidden, predictor_layers, norm=predictor_norm
+            )
         if target == "ema":
-            self.target_encoder: EMATarget | None = EMATarget(encoder, ema_decay, buffers=ema_buffers)
+            with _named_as(buffers="ema_buffers"):
+                self.target_encoder: EMATarget | None = EMATarget(encoder, ema_decay, buffers=ema_buffers)
         else:
             # Unused without a teacher, but a typo in a config should still fail here, not pass unnoticed.
             check_choice(ema_buffers, "ema_buffers", ("none", "ema", "copy"))
             if not callable(ema_decay):
                 check_probability(ema_decay, "ema_decay")
             self.target_encoder = None
-        self.rate_loss: nn.Module | None = None
-        if rate_on is not None:
-            self.rate_loss = CodingRateLoss() if rate_loss is None else rate_loss
 
     @torch.no_grad()
     def update_target(self) -> bool:
         """EMA step of the target encoder; returns whether it changed (never in stopgrad or eval mode)."""
         return self.target_encoder.update() if self.target_encoder is not None else False
 
-    def _encode(self, views: Tensor, valid: Tensor | None) -> Tensor:
-        """Online encodings ``(B, S, D)`` of ``views`` ``(B, S, C, H, W)``; invalid entries stay zero."""
-        batch, steps = views.shape[:2]
-        images = views.flatten(0, 1) if valid is None else views[valid]
+    def _features(self, images: Tensor) -> Tensor:
+        """Online encoder features ``(N, D)`` of ``images`` ``(N, C, H, W)``."""
         feats: Tensor = self.encoder(images)
         if feats.ndim != 2 or feats.shape[1] != self.embed_dim:
             raise ValueError(
                 f"encoder must map (N, C, H, W) to (N, {self.embed_dim}), got output {tuple(feats.shape)}"
             )
+        return feats
+
+    def _encode(self, views: Tensor, valid: Tensor | None) -> Tensor:
+        """Online encodings ``(B, S, D)`` of ``views`` ``(B, S, C, H, W)``; invalid entries stay zero."""
+        batch, steps = views.shape[:2]
+        feats = self._features(views.flatten(0, 1) if valid is None else views[valid])
         if valid is None:
             return feats.view(batch, steps, self.embed_dim)
         return feats.new_zeros(batch, steps, self.embed_dim).index_put((valid,), feats)
@@ -294,31 +304,26 @@ class SeqJEPA(nn.Module):
         if views.ndim != 5 or views.shape[1] < 2:
             raise ValueError(f"views must have shape (B, T, C, H, W) with T >= 2, got {tuple(views.shape)}")
         batch, steps = views.shape[:2]
-        action_steps = steps - 1 if self.action_encoder.relative_input else steps
-        if not isinstance(actions, Tensor) or actions.shape[:2] != (batch, action_steps):
-            shape = tuple(actions.shape) if isinstance(actions, Tensor) else type(actions).__name__
+        expected = (
+            batch,
+            steps - 1 if self.action_encoder.relative_input else steps,
+            self.action_encoder.action_dim,
+        )
+        check_floating_tensor(actions, "actions")
+        if actions.shape != expected:
             raise ValueError(
-                f"actions must have shape {(batch, action_steps, 'A')} for views of shape "
-                f"{tuple(views.shape)}, got {shape}"
+                f"actions must have shape {expected} (A = action_dim) for views of shape "
+                f"{tuple(views.shape)}, got {tuple(actions.shape)}"
             )
         return batch, steps
 
-    def forward(
-        self,
-        views: Tensor,
-        actions: Tensor,
-        *,
-        padding_mask: Tensor | None = None,
-        rate_weight: float | None = None,
-    ) -> SeqJEPAOutput:
-        """One seq-JEPA step: encodes, aggregates, predicts and scores the sequence(s).
+    def forward(self, views: Tensor, actions: Tensor, *, padding_mask: Tensor | None = None) -> SeqJEPAOutput:
+        """One seq-JEPA step: encodes, aggregates and predicts the sequence(s); computes no loss.
 
         Args:
             views: ``(B, T, C, H, W)`` views; the last valid one of each sequence is the target.
             actions: Absolute ``(B, T, A)`` or relative ``(B, T - 1, A)`` actions (see the class docs).
             padding_mask: Optional bool ``(B, T)``, ``True`` = padded view.
-            rate_weight: Weight of the rate loss for this step (e.g. from a schedule); default the
-                constructor's.
 
         Returns:
             :class:`SeqJEPAOutput`.
@@ -334,52 +339,45 @@ class SeqJEPA(nn.Module):
             lengths = check_padding_mask(padding_mask, batch, steps, min_valid=2, name="padding_mask")
             obs_pad = torch.arange(steps - 1, device=views.device)[None, :] >= (lengths[:, None] - 1)
 
-        # Online encodings of all views when the target or the reversed direction needs them, else observed.
-        if self.symmetric or self.target_mode == "stopgrad":
+        # All views when a joint target or the reversed direction needs their online encodings, else observed.
+        if self.symmetric or (self.target_mode == "stopgrad" and self.target_pass == "joint"):
             z = self._encode(views, None if padding_mask is None else ~padding_mask)
         else:
             z = self._encode(views[:, :-1], None if obs_pad is None else ~obs_pad)
 
         # Forward direction: predict the last valid view. Reversed direction (symmetric): predict the first.
-        z_obs, acts, mask, pad = z[:, : steps - 1], actions, padding_mask, obs_pad
+        z_obs, acts, lens, pad = z[:, : steps - 1], actions, lengths, obs_pad
         if self.symmetric:
             z_obs = torch.cat((z_obs, reverse_valid_prefix(z, lengths)[:, : steps - 1]))
             acts = torch.cat((actions, self._reversed_actions(actions, lengths)))
-            mask = None if mask is None else mask.repeat(2, 1)
+            lens = None if lens is None else lens.repeat(2)
             pad = None if pad is None else pad.repeat(2, 1)
-        act_emb = self.action_encoder(acts, padding_mask=mask)
+        # Inputs and mask are checked above, once: the action encoder's own forward would check them again.
+        act_emb = self.action_encoder._embed_checked(acts, lens)
         agg = self.aggregator(z_obs, act_emb.tokens, key_padding_mask=pad).agg
         pred = self.predictor(agg, act_emb.next)
 
-        source = views if self.target_encoder is not None else z
-        tgt_in = _last_valid(source, lengths)
-        if self.symmetric:
-            tgt_in = torch.cat((tgt_in, source[:, 0]))
-        tgt = (self.target_encoder(tgt_in) if self.target_encoder is not None else tgt_in).detach()
-        pred_loss = prediction_loss(pred, tgt, self.loss_kind, beta=self.smooth_l1_beta)
-
-        weight = self.rate_weight if rate_weight is None else check_nonnegative(rate_weight, "rate_weight")
-        if self.rate_loss is None:
-            weight, rate = 0.0, pred_loss.new_zeros(())
-        else:
-            rate = self.rate_loss(
-                agg if self.rate_on == "agg" else self._rate_rows(z, steps, obs_pad, padding_mask)
-            )
-        total = self.prediction_weight * pred_loss + weight * rate
+        tgt = self._target(views, z, lengths)
         encodings = z[:, : steps - 1]
         if obs_pad is not None:
             encodings = encodings.masked_fill(obs_pad[..., None], 0.0)
-        return SeqJEPAOutput(
-            loss=total,
-            prediction_loss=pred_loss,
-            rate_loss=rate,
-            prediction_weight=self.prediction_weight,
-            rate_weight=weight,
-            z_agg=agg[:batch],
-            encodings=encodings,
-            prediction=pred[:batch],
-            target=tgt[:batch],
-        )
+        return SeqJEPAOutput(prediction=pred, target=tgt, z_agg=agg, encodings=encodings)
+
+    def _target(self, views: Tensor, z: Tensor, lengths: Tensor | None) -> Tensor:
+        """Stop-gradient embeddings of the last valid views (then of the first views, when symmetric)."""
+        joint = self.target_encoder is None and self.target_pass == "joint"
+        source = z if joint else views
+        tgt_in = _last_valid(source, lengths)
+        if self.symmetric:
+            tgt_in = torch.cat((tgt_in, source[:, 0]))
+        if joint:
+            return tgt_in.detach()
+        if self.target_encoder is not None:
+            out: Tensor = self.target_encoder(tgt_in)
+            return out.detach()
+        # A second call of the online encoder, after the online one (the order of the running-stat updates).
+        with torch.no_grad():
+            return self._features(tgt_in)
 
     def _reversed_actions(self, actions: Tensor, lengths: Tensor | None) -> Tensor:
         """Actions of the reversed sequence: absolute ones reversed, relative ones reversed and inverted."""
@@ -389,12 +387,3 @@ class SeqJEPA(nn.Module):
         if self.inverse_action is None:
             return -reversed_actions
         return self.inverse_action(reversed_actions)
-
-    def _rate_rows(
-        self, z: Tensor, steps: int, obs_pad: Tensor | None, padding_mask: Tensor | None
-    ) -> Tensor:
-        """Online encodings of every view used as an observation, as an ``(n, D)`` matrix."""
-        if self.symmetric:
-            return z.flatten(0, 1) if padding_mask is None else z[~padding_mask]
-        obs = z[:, : steps - 1]
-        return obs.flatten(0, 1) if obs_pad is None else obs[~obs_pad]

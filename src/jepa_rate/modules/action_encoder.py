@@ -57,6 +57,10 @@ def relative_actions(actions: Tensor) -> Tensor:
     check_floating_tensor(actions, "actions")
     if actions.ndim < 2 or actions.shape[-2] < 2:
         raise ValueError(f"actions must have shape (..., T, A) with T >= 2, got {tuple(actions.shape)}")
+    return _differences(actions)
+
+
+def _differences(actions: Tensor) -> Tensor:
     return actions[..., 1:, :] - actions[..., :-1, :]
 
 
@@ -129,13 +133,16 @@ class ActionEncoder(nn.Module):
 
         Args:
             transitions: Relative actions ``(B, L, A)``.
-            valid: Optional bool ``(B, L)``; invalid positions are excluded from the batch statistics and
-                set to zero in the output.
+            valid: Optional bool ``(B, L)``; invalid positions (whatever they hold, NaN included) are
+                excluded from the batch statistics and set to zero in the output.
 
         Returns:
             ``(B, L, E)`` embeddings.
         """
         batch, steps, _ = transitions.shape
+        if valid is not None:
+            # Projected, a NaN in a padded slot would reach the weight's gradient (0 * NaN = NaN): zero it.
+            transitions = transitions.masked_fill(~valid[..., None], 0.0)
         flat: Tensor = self.proj(transitions.reshape(batch * steps, self.action_dim))
         if valid is None:
             normed: Tensor = self.norm(flat)
@@ -170,17 +177,25 @@ class ActionEncoder(nn.Module):
         num_views = actions.shape[1] + (1 if self.relative_input else 0)
         if num_views < 2:
             raise ValueError(f"actions must describe at least 2 views, got shape {tuple(actions.shape)}")
-        transitions = actions if self.relative_input else relative_actions(actions)
+        lengths = None
+        if padding_mask is not None:
+            lengths = check_padding_mask(
+                padding_mask, actions.shape[0], num_views, min_valid=2, name="padding_mask"
+            )
+        return self._embed_checked(actions, lengths)
+
+    def _embed_checked(self, actions: Tensor, lengths: Tensor | None) -> ActionEmbeddings:
+        """:meth:`forward` on checked inputs; ``lengths`` ``(B,)`` counts the valid views (``None``: all)."""
+        transitions = actions if self.relative_input else _differences(actions)
         batch, steps = transitions.shape[0], transitions.shape[1]
         positions = torch.arange(steps, device=actions.device)
-        if padding_mask is None:
+        if lengths is None:
             emb = self.embed(transitions)
             next_emb = emb[:, -1]
             keep = (positions < steps - 1).expand(batch, steps)
         else:
-            lengths = check_padding_mask(padding_mask, batch, num_views, min_valid=2, name="padding_mask")
-            emb = self.embed(transitions, ~padding_mask[:, 1:])
-            last = last_valid_index(lengths, offset=2)
+            last = last_valid_index(lengths, offset=2)  # the query transition; real ones are 0..last
+            emb = self.embed(transitions, positions[None, :] <= last[:, None])
             next_emb = emb[torch.arange(batch, device=emb.device), last]
             keep = positions[None, :] < last[:, None]
         tokens = emb * keep.unsqueeze(-1).to(emb.dtype)

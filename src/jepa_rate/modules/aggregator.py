@@ -161,7 +161,8 @@ class SeqAggregator(nn.Module):
     Shape:
         - x: ``(B, N, d_x)``; cond: optional ``(B, N, d_c)`` with ``d_x + d_c = d_model``
         - key_padding_mask: optional bool ``(B, N)``, ``True`` = padding (as in PyTorch); padded tokens are
-          never attended to, so their content does not change the outputs at valid positions.
+          zeroed and never attended to, so their content (NaN and Inf included) changes neither the outputs
+          at valid positions nor their gradients.
         - output: :class:`AggregatorOutput` with ``agg`` ``(B, d_model)`` and ``tokens`` ``(B, N, d_model)``.
 
     Examples:
@@ -187,15 +188,16 @@ class SeqAggregator(nn.Module):
         activation: Activation = "relu",
     ) -> None:
         super().__init__()
-        check_int(d_model, "d_model")
+        # d_model sizes the tokens built here, before the layers that check it again; the layers alone check
+        # num_heads, dim_feedforward, dropout, norm_first and activation.
+        self.d_model = check_int(d_model, "d_model")
         check_int(num_layers, "num_layers")
-        ff = 4 * d_model if dim_feedforward is None else check_int(dim_feedforward, "dim_feedforward")
-        self.d_model = d_model
         self.max_len = None if max_len is None else check_int(max_len, "max_len")
         self.agg_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embed = None if max_len is None else nn.Parameter(torch.zeros(1, max_len, d_model))
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        ff = 4 * d_model if dim_feedforward is None else dim_feedforward
         # Separate constructor calls, so each layer gets its own random initial weights.
         self.layers = nn.ModuleList(
             TransformerLayer(d_model, num_heads, ff, dropout, norm_first=norm_first, activation=activation)
@@ -231,13 +233,8 @@ class SeqAggregator(nn.Module):
             raise ValueError(
                 f"token size must equal d_model={self.d_model}, got {dim} (shape {tuple(x.shape)})"
             )
-        if self.pos_embed is not None:
-            if num_tokens > self.pos_embed.shape[1]:
-                raise ValueError(
-                    f"sequence has {num_tokens} tokens, more than max_len={self.pos_embed.shape[1]}"
-                )
-            x = x + self.pos_embed[:, :num_tokens]
-        x = torch.cat((self.agg_token.expand(batch, 1, dim).to(x.dtype), x), dim=1)
+        if self.pos_embed is not None and num_tokens > self.pos_embed.shape[1]:
+            raise ValueError(f"sequence has {num_tokens} tokens, more than max_len={self.pos_embed.shape[1]}")
         attn_mask = None
         if key_padding_mask is not None:
             if key_padding_mask.dtype != torch.bool:
@@ -247,9 +244,15 @@ class SeqAggregator(nn.Module):
                     f"key_padding_mask must have shape {(batch, num_tokens)}, "
                     f"got {tuple(key_padding_mask.shape)}"
                 )
+            # A masked key gets attention weight 0, but 0 * NaN = NaN: zero padded tokens (e.g. a buffer from
+            # torch.empty) so that their content cannot reach valid outputs or their gradients.
+            x = x.masked_fill(key_padding_mask[..., None], 0.0)
             # [AGG] is never padded, so every query row attends to at least one key and softmax stays finite.
             keep = torch.cat((key_padding_mask.new_zeros(batch, 1), key_padding_mask), dim=1).logical_not()
             attn_mask = keep[:, None, None, :]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:, :num_tokens]
+        x = torch.cat((self.agg_token.expand(batch, 1, dim).to(x.dtype), x), dim=1)
         for layer in self.layers:
             x = layer(x, attn_mask)
         x = self.norm(x)

@@ -76,8 +76,12 @@ def ema_update_(
         >>> torch.equal(target.weight, online.weight)
         True
     """
-    decay = _check_decay(decay)
     check_choice(buffers, "buffers", ("none", "ema", "copy"))
+    _ema_step(target, online, _check_decay(decay), buffers)
+
+
+def _ema_step(target: nn.Module, online: nn.Module, decay: float, buffers: BufferPolicy) -> None:
+    """:func:`ema_update_` on checked arguments (``decay`` in ``[0, 1]``, a known ``buffers`` policy)."""
     target_params: list[Tensor] = list(target.parameters())
     online_params: list[Tensor] = list(online.parameters())
     if len(target_params) != len(online_params):
@@ -172,9 +176,10 @@ class EMATarget(nn.Module):
         super().__init__()
         if not isinstance(online, nn.Module):
             raise TypeError(f"online must be an nn.Module, got {type(online).__name__}")
-        # A constant decay is checked under its own name here (as_schedule would call it "value").
-        self.schedule = as_schedule(decay if callable(decay) else _check_decay(decay))
-        first = _check_decay(self.schedule(0))
+        # A constant is checked once, under its own name (as_schedule would call it "value"); a schedule's
+        # value at step 0 is checked now, each later one by the update that uses it.
+        first = _check_decay(decay(0) if callable(decay) else decay)
+        self.schedule = as_schedule(decay if callable(decay) else first)
         self.buffer_policy: BufferPolicy = check_choice(buffers, "buffers", ("none", "ema", "copy"))  # type: ignore[assignment]
         base = unwrap_module(online)
         self.module = copy.deepcopy(base)
@@ -216,7 +221,7 @@ class EMATarget(nn.Module):
         if not self.training:
             return False
         decay = self.current_decay()
-        ema_update_(self.module, unwrap_module(self.online), decay, buffers=self.buffer_policy)
+        _ema_step(self.module, unwrap_module(self.online), decay, self.buffer_policy)
         self._num_updates += 1
         self.step.fill_(self._num_updates)
         self.decay.fill_(decay)
