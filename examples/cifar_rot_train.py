@@ -45,9 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from common.checkpoint import restore
-from common.config import RunConfig, check_min, parse_config
+from common.config import RunConfig, check_min, check_range, parse_config
 from common.data import CifarData, batch_indices, mix_seed
-from common.dist import DistInfo, any_rank, barrier
+from common.dist import DistInfo, any_rank, barrier, wrap
 from common.evaluation import (
     OnlineProbe,
     accuracy,
@@ -58,10 +58,10 @@ from common.evaluation import (
     r2_score,
     rotation_accuracy,
 )
-from common.optim import build_optimizer, learning_rate, rate_weight
-from common.run import Meter, Progress, RunDir, StopRequest, guarded, open_run
+from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
+from common.run import Meter, Progress, Setup, StopRequest, finish_run, guarded, open_run
 from common.views import ROTATION_SINCOS, draw_rotations, rotation_actions, rotation_views
-from jepa_rate import CodingRateLoss, ConvEncoder, CosineSchedule, SeqJEPA, cifar_resnet18, prediction_loss
+from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -128,24 +128,9 @@ class ModelConfig:
             raise ValueError(
                 f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
             )
-        check_min(
-            "model.",
-            1,
-            action_embed_dim=self.action_embed_dim,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            dim_feedforward=self.dim_feedforward,
-            predictor_hidden=self.predictor_hidden,
-        )
-        for key, value, high in (
-            ("dropout", self.dropout, 0.999999),
-            ("ema_tau", self.ema_tau, 1),
-            ("ema_tau_end", self.ema_tau_end, 1),
-        ):
-            if value is not None and not 0 <= value <= high:
-                raise ValueError(
-                    f"model.{key} must lie in [0.0, 1.0{')' if key == 'dropout' else ']'}, got {value}"
-                )
+        check_min(self, "model.", 1, "action_embed_dim num_layers num_heads dim_feedforward predictor_hidden")
+        check_range(self, "model.", 0.0, 1.0, "dropout", open_high=True)
+        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
@@ -160,13 +145,8 @@ class SeqConfig:
     flip: bool = False
 
     def __post_init__(self) -> None:
-        check_min(
-            "seq.",
-            2,
-            " (the rotation probe compares observed views 0 and 1)",
-            num_observations=self.num_observations,
-            eval_num_observations=self.eval_num_observations,
-        )
+        reason = " (the rotation probe compares observed views 0 and 1)"
+        check_min(self, "seq.", 2, "num_observations eval_num_observations", reason)
 
 
 @dataclass(frozen=True)
@@ -180,6 +160,10 @@ class TrainConfig(RunConfig):
     seq: SeqConfig = field(default_factory=SeqConfig)
 
     def validate(self) -> None:
+        if VARIANTS[self.variant].target == "ema" and self.model.target_pass == "separate":
+            raise ValueError(
+                f"model.target_pass=separate needs a stop-gradient target, not the EMA of {self.variant}"
+            )
         if VARIANTS[self.variant].symmetric and self.seq.actions == "sincos":
             raise ValueError(
                 "variant symmetric_rate inverts actions by negation, which is wrong for sincos codes "
@@ -225,20 +209,13 @@ class Parts(NamedTuple):
 
 def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     m, variant = cfg.model, VARIANTS[cfg.variant]
-    encoder = cifar_resnet18() if m.encoder == "resnet18" else ConvEncoder(widths=m.conv_widths)
-    tau = (
-        m.ema_tau
-        if m.ema_tau_end is None
-        else CosineSchedule(total_steps, start=m.ema_tau, end=m.ema_tau_end)
-    )
-    separate = {"target_pass": m.target_pass} if m.target_pass != "joint" else {}
     model = SeqJEPA(
-        encoder,
+        cifar_resnet18() if m.encoder == "resnet18" else ConvEncoder(widths=m.conv_widths),
         action_dim=4 if cfg.action_kind == "onehot" else 2,
         action_embed_dim=m.action_embed_dim,
         relative_actions=True,
         target=variant.target,
-        ema_decay=tau,
+        ema_decay=ema_schedule(m.ema_tau, m.ema_tau_end, total_steps),
         num_layers=m.num_layers,
         num_heads=m.num_heads,
         dim_feedforward=m.dim_feedforward,
@@ -246,38 +223,18 @@ def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) 
         predictor_hidden=m.predictor_hidden,
         predictor_norm=m.predictor_norm,
         symmetric=variant.symmetric,
-        **separate,
+        target_pass=m.target_pass,
     ).to(info.device)
-    if info.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device] if info.device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    # The rate of the global batch under DDP; its own weight stays 1: the loss line below applies w.
-    rate = cfg.rate
-    rate_loss = CodingRateLoss(
-        eps=rate.eps,
-        alpha=rate.alpha,
-        center=rate.center,
-        normalize=rate.normalize,
-        gather_distributed=info.distributed,
-    )
-    p = cfg.probe
-    class_head = nn.Linear(model.aggregator.d_model, num_classes).to(info.device)
-    rotation_head = nn.Sequential(
-        nn.Linear(2 * model.embed_dim, p.hidden), nn.ReLU(), nn.Linear(p.hidden, 2)
-    ).to(info.device)
+    p, hidden = cfg.probe, cfg.probe.hidden
+    class_head = nn.Linear(model.aggregator.d_model, num_classes)
+    rotation_head = nn.Sequential(nn.Linear(2 * model.embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2))
     return Parts(
         model,
-        net,
+        wrap(model, info, cfg.compile),
         build_optimizer(model, cfg.optim),
-        rate_loss,
-        OnlineProbe(class_head, lr=p.lr, weight_decay=p.weight_decay),
-        OnlineProbe(rotation_head, lr=p.lr, weight_decay=p.weight_decay),
+        cfg.rate.loss(info.distributed),
+        OnlineProbe(class_head.to(info.device), lr=p.lr, weight_decay=p.weight_decay),
+        OnlineProbe(rotation_head.to(info.device), lr=p.lr, weight_decay=p.weight_decay),
     )
 
 
@@ -398,17 +355,6 @@ def offline_evaluation(
 
 
 # ---------------------------------------------------------------------------------------- the training run
-class Setup(NamedTuple):
-    info: DistInfo
-    data: CifarData
-    run: RunDir
-    parts: Parts
-    meter: Meter
-    start: int
-    total: int
-    per_epoch: int
-
-
 def prepare(cfg: TrainConfig, resume: Path | None, overwrite: bool) -> Setup:
     """Data, run folder, model and the resumed state: everything is checked before anything is written."""
     info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
@@ -469,20 +415,12 @@ def train(cfg: TrainConfig, s: Setup, stop_after: int | None) -> int | None:
 
 
 def finish(cfg: TrainConfig, s: Setup) -> None:
-    """The summary: the last epoch's evaluation, the offline evaluation of frozen features, throughput."""
-    summary: dict[str, Any] = {
-        "variant": cfg.variant,
-        "data": s.data.description,
-        **s.run.last_epoch(("z_agg", "encoder")),
-    }
+    """The offline evaluation of frozen features (rank 0), then the summary, plots and report."""
+    offline = None
     if s.info.is_main and cfg.eval.offline:
         print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        summary["offline"] = offline_evaluation(cfg, s.parts.model, s.data, s.info.device)
-    summary.update(s.meter.summary(s.total, s.per_epoch, cfg.batch_size, s.info.world_size))
-    summary["params"] = sum(p.numel() for p in s.parts.model.parameters() if p.requires_grad)
-    report = s.run.finish(summary, STEP_PLOTS, EPOCH_PLOTS, ("z_agg", "encoder"))
-    if s.info.is_main:
-        print(report, flush=True)
+        offline = offline_evaluation(cfg, s.parts.model, s.data, s.info.device)
+    finish_run(cfg, s, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,13 +38,13 @@ from torch import Tensor, nn
 
 from common.augment import AugmentConfig, augment
 from common.checkpoint import restore
-from common.config import CONFIG_DIR, RunConfig, check_min, parse_config
+from common.config import CONFIG_DIR, RunConfig, check_min, check_range, parse_config
 from common.data import CifarData, batch_indices, mix_seed, normalize
-from common.dist import DistInfo, any_rank
+from common.dist import DistInfo, any_rank, wrap
 from common.evaluation import OnlineProbe, accuracy, classification_metrics, collapse_record, collect_features
-from common.optim import build_optimizer, learning_rate, rate_weight
-from common.run import Meter, Progress, RunDir, StopRequest, guarded, open_run
-from jepa_rate import CodingRateLoss, ConvEncoder, CosineSchedule, EMATarget, cifar_resnet18, prediction_loss
+from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
+from common.run import Meter, Progress, Setup, StopRequest, finish_run, guarded, open_run
+from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
 
 VARIANTS = ("simsiam", "byol", "rate", "none")
 STEP_PLOTS = ("loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss")
@@ -78,12 +78,8 @@ class NetConfig:
             raise ValueError(
                 f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
             )
-        check_min(
-            "model.", 1, proj_dim=self.proj_dim, proj_hidden=self.proj_hidden, pred_hidden=self.pred_hidden
-        )
-        for key, value in (("ema_tau", self.ema_tau), ("ema_tau_end", self.ema_tau_end)):
-            if value is not None and not 0 <= value <= 1:
-                raise ValueError(f"model.{key} must lie in [0.0, 1.0], got {value}")
+        check_min(self, "model.", 1, "proj_dim proj_hidden pred_hidden")
+        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
@@ -130,11 +126,7 @@ class TwoViewNet(nn.Module):
         self.predictor = mlp((m.proj_dim, m.pred_hidden, m.proj_dim), last_norm=False)
         self.target: EMATarget | None = None
         if cfg.variant == "byol":
-            tau = (
-                m.ema_tau
-                if m.ema_tau_end is None
-                else CosineSchedule(total_steps, start=m.ema_tau, end=m.ema_tau_end)
-            )
+            tau = ema_schedule(m.ema_tau, m.ema_tau_end, total_steps)
             self.target = EMATarget(nn.Sequential(self.encoder, self.projector), tau)
 
     def forward(self, views: Tensor) -> TwoViewOutput:
@@ -162,26 +154,13 @@ class Parts(NamedTuple):
 
 def build(cfg: TwoViewConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     model = TwoViewNet(cfg, total_steps).to(info.device)
-    if info.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device] if info.device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    r, p = cfg.rate, cfg.probe
-    rate_loss = CodingRateLoss(
-        eps=r.eps, alpha=r.alpha, center=r.center, normalize=r.normalize, gather_distributed=info.distributed
-    )
     head = nn.Linear(model.feature_dim, num_classes).to(info.device)
     return Parts(
         model,
-        net,
+        wrap(model, info, cfg.compile),
         build_optimizer(model, cfg.optim),
-        rate_loss,
-        OnlineProbe(head, lr=p.lr, weight_decay=p.weight_decay),
+        cfg.rate.loss(info.distributed),
+        OnlineProbe(head, lr=cfg.probe.lr, weight_decay=cfg.probe.weight_decay),
     )
 
 
@@ -253,17 +232,6 @@ def evaluate_epoch(
 
 
 # ---------------------------------------------------------------------------------------- the training run
-class Setup(NamedTuple):
-    info: DistInfo
-    data: CifarData
-    run: RunDir
-    parts: Parts
-    meter: Meter
-    start: int
-    total: int
-    per_epoch: int
-
-
 def prepare(cfg: TwoViewConfig, resume: Path | None, overwrite: bool) -> Setup:
     info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
     per_epoch = len(data.train) // cfg.batch_size
@@ -319,35 +287,18 @@ def train(cfg: TwoViewConfig, s: Setup, stop_after: int | None) -> int | None:
 
 
 def finish(cfg: TwoViewConfig, s: Setup) -> None:
-    """The summary: the last epoch's evaluation, linear probe and k-NN on frozen features, throughput."""
-    summary: dict[str, Any] = {
-        "variant": cfg.variant,
-        "data": s.data.description,
-        **s.run.last_epoch(("encoder", "projection")),
-    }
-    device, data = s.info.device, s.data
+    """Linear probe and k-NN on frozen encoder features (rank 0), then the summary, plots and report."""
+    offline, model, data, device = None, s.parts.model, s.data, s.info.device
     if s.info.is_main and cfg.eval.offline:
         print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        train_f, test_f = (
-            encode(cfg, s.parts.model, data.train.images.to(device)),
-            encode(cfg, s.parts.model, data.test.images.to(device)),
+        train, test = (
+            encode(cfg, model, split.images.to(device))["encoder"] for split in (data.train, data.test)
         )
-        summary["offline"] = {
-            "encoder": classification_metrics(
-                train_f["encoder"],
-                data.train.labels,
-                test_f["encoder"],
-                data.test.labels,
-                data.num_classes,
-                cfg.eval,
-                device,
-            )
-        }
-    summary.update(s.meter.summary(s.total, s.per_epoch, cfg.batch_size, s.info.world_size))
-    summary["params"] = sum(p.numel() for p in s.parts.model.parameters() if p.requires_grad)
-    report = s.run.finish(summary, STEP_PLOTS, EPOCH_PLOTS, ("encoder", "projection"))
-    if s.info.is_main:
-        print(report, flush=True)
+        metrics = classification_metrics(
+            train, data.train.labels, test, data.test.labels, data.num_classes, cfg.eval, device
+        )
+        offline = {"encoder": metrics}
+    finish_run(cfg, s, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
 
 
 def main(argv: list[str] | None = None) -> int:

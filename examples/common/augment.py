@@ -44,14 +44,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_min_scale <= 1.0:
             raise ValueError(f"augment.crop_min_scale must lie in (0, 1], got {self.crop_min_scale}")
-        check_range(
-            "augment.",
-            0,
-            1,
-            jitter=self.jitter,
-            jitter_prob=self.jitter_prob,
-            grayscale_prob=self.grayscale_prob,
-        )
+        check_range(self, "augment.", 0, 1, "jitter jitter_prob grayscale_prob")
 
 
 def grayscale(images: Tensor) -> Tensor:

@@ -22,15 +22,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = [
-    "DataConfig",
-    "EvalConfig",
-    "OptimConfig",
-    "ProbeConfig",
-    "RateConfig",
-    "RunConfig",
-    "parse_config",
-]
+from jepa_rate import CodingRateLoss
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 REPO_ROOT = CONFIG_DIR.parents[1]
@@ -38,24 +30,26 @@ PATH_KEYS = ("data.train_npz", "data.test_npz", "data.data_dir")
 C = TypeVar("C", bound="RunConfig")
 
 
-def check_min(prefix: str, minimum: float, reason: str = "", **values: float | None) -> None:
-    """Raises ``ValueError`` naming ``<prefix><key>`` for the first value below ``minimum`` (``None`` passes).
+def check_min(cfg: Any, prefix: str, minimum: float, names: str, reason: str = "") -> None:
+    """Raises ``ValueError`` naming ``<prefix><name>`` for the first of ``names`` below ``minimum``.
 
     Examples:
-        >>> check_min("model.", 1, predictor_hidden=-3)
+        >>> check_min(ProbeConfig(), "probe.", 300, "hidden")
         Traceback (most recent call last):
         ...
-        ValueError: model.predictor_hidden must be >= 1, got -3
+        ValueError: probe.hidden must be >= 300, got 256
     """
-    for name, value in values.items():
+    for name in names.split():
+        value = getattr(cfg, name)
         if value is not None and not value >= minimum:
             raise ValueError(f"{prefix}{name} must be >= {minimum}, got {value!r}{reason}")
 
 
-def check_range(prefix: str, low: float, high: float, *, open_high: bool = False, **values: float) -> None:
-    """Raises ``ValueError`` naming the first value outside ``[low, high]`` (``[low, high)``)."""
-    for name, v in values.items():
-        if not (math.isfinite(v) and low <= v and (v < high if open_high else v <= high)):
+def check_range(cfg: Any, prefix: str, low: float, high: float, names: str, open_high: bool = False) -> None:
+    """Raises ``ValueError`` naming the first of ``names`` outside ``[low, high]`` (``[low, high)``)."""
+    for name in names.split():
+        v = getattr(cfg, name)
+        if v is not None and not (math.isfinite(v) and low <= v and (v < high if open_high else v <= high)):
             raise ValueError(
                 f"{prefix}{name} must lie in [{low}, {high}{')' if open_high else ']'}, got {v!r}"
             )
@@ -78,7 +72,7 @@ class DataConfig:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
-        check_min("data.", 0, holdout=self.holdout, train_size=self.train_size, test_size=self.test_size)
+        check_min(self, "data.", 0, "holdout train_size test_size")
 
 
 @dataclass(frozen=True)
@@ -99,16 +93,8 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        check_min(
-            "eval.",
-            1,
-            batch_size=self.batch_size,
-            knn_k=self.knn_k,
-            linear_max_iter=self.linear_max_iter,
-            regressor_hidden=self.regressor_hidden,
-            regressor_steps=self.regressor_steps,
-        )
-        check_min("eval.", 2, regressor_max_train=self.regressor_max_train)
+        check_min(self, "eval.", 1, "batch_size knn_k linear_max_iter regressor_hidden regressor_steps")
+        check_min(self, "eval.", 2, "regressor_max_train")
         if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
             raise ValueError(
                 f"eval.linear_weight_decays must be non-empty and >= 0, got {self.linear_weight_decays}"
@@ -131,16 +117,10 @@ class OptimConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        check_min(
-            "optim.",
-            0,
-            lr=self.lr,
-            min_lr=self.min_lr,
-            weight_decay=self.weight_decay,
-            warmup_epochs=self.warmup_epochs,
-        )
-        check_range("optim.", 0, 1, open_high=True, beta1=self.betas[0], beta2=self.betas[1])
-        check_min("optim.", 1e-12, grad_clip=self.grad_clip)
+        check_min(self, "optim.", 0, "lr min_lr weight_decay warmup_epochs")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        check_min(self, "optim.", 1e-12, "grad_clip")
 
 
 @dataclass(frozen=True)
@@ -171,6 +151,11 @@ class RateConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"rate.{name} must be a finite number > 0, got {value!r}")
 
+    def loss(self, distributed: bool) -> CodingRateLoss:
+        """The rate (of the global batch under DDP); its own weight stays 1: the trainers apply ``weight``."""
+        return CodingRateLoss(eps=self.eps, alpha=self.alpha, center=self.center, normalize=self.normalize,
+                              gather_distributed=distributed)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -181,9 +166,9 @@ class ProbeConfig:
     hidden: int = 256
 
     def __post_init__(self) -> None:
-        check_min("probe.", 1e-12, lr=self.lr)
-        check_min("probe.", 0, weight_decay=self.weight_decay)
-        check_min("probe.", 1, hidden=self.hidden)
+        check_min(self, "probe.", 1e-12, "lr")
+        check_min(self, "probe.", 0, "weight_decay")
+        check_min(self, "probe.", 1, "hidden")
 
 
 @dataclass(frozen=True)
@@ -237,9 +222,9 @@ class RunConfig:
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
-        check_min("", 1, epochs=self.epochs, log_every=self.log_every)
-        check_min("", 2, reason=" (BatchNorm needs 2 images per batch)", batch_size=self.batch_size)
-        check_min("", 0, ckpt_every=self.ckpt_every, timing_every=self.timing_every)
+        check_min(self, "", 1, "epochs log_every")
+        check_min(self, "", 2, "batch_size", " (BatchNorm needs 2 images per batch)")
+        check_min(self, "", 0, "ckpt_every timing_every")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
 
@@ -354,36 +339,16 @@ def parse_config(
     exits with a one-line usage error (code 2)."""
     presets = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--config",
-        "--preset",
-        default="demo",
-        metavar="NAME_OR_PATH",
-        help=f"a preset ({presets}) or a YAML file (default: demo)",
+    add = parser.add_argument
+    add("--config", "--preset", default="demo", metavar="PRESET", help=f"{presets}, or a YAML file")
+    add(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. optim.lr=3e-4"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    parser.add_argument("--variant", choices=variants, help="shorthand for --set variant=...")
-    parser.add_argument("--name", help="run folder name under out_dir (default: <preset>-<variant>)")
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last.pt with its saved config (plus --set)",
-    )
-    parser.add_argument(
-        "--stop-after",
-        type=_positive_int,
-        metavar="STEPS",
-        help="save a checkpoint and stop once STEPS global steps are done",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    add("--variant", choices=variants, help="shorthand for --set variant=...")
+    add("--name", help="run folder name under out_dir (default: <preset>-<variant>)")
+    add("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    add("--stop-after", type=_positive_int, metavar="STEPS", help="save and stop after STEPS global steps")
+    add("--overwrite", action="store_true", help="replace an existing run folder")
     args = parser.parse_args(argv)
     overrides = [*([f"variant={args.variant}"] if args.variant else []), *args.overrides]
     try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,14 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def wrap(model: nn.Module, info: DistInfo, compile: bool) -> nn.Module:
+    """What the training step calls: the model in channels_last on CUDA, in DDP across processes, and
+    compiled if asked (probes, evaluation and checkpoints use ``model`` itself)."""
+    net: nn.Module = model.to(memory_format=torch.channels_last) if info.device.type == "cuda" else model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[info.device] if info.device.type == "cuda" else None
+        )
+    return torch.compile(net) if compile else net  # type: ignore[return-value]

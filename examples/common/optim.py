@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from common.config import OptimConfig, RateConfig
-from jepa_rate import CodingRateLoss, warmup_cosine
+from jepa_rate import CodingRateLoss, CosineSchedule, warmup_cosine
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -89,3 +89,8 @@ def time_rate(
         times.append(time.perf_counter() - start)
         z.grad = None
     return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def ema_schedule(start: float, end: float | None, total_steps: int) -> float | CosineSchedule:
+    """The EMA decay: a cosine ramp from ``start`` to ``end`` over the run; constant when ``end`` is None."""
+    return start if end is None else CosineSchedule(total_steps, start=start, end=end)

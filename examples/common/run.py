@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -58,17 +58,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if i < len(lines) - 1:
                 raise
     return records
-
-
-def jsonable(value: Any) -> Any:
-    """Tensors, tuples and nested mappings as plain JSON values."""
-    if isinstance(value, Tensor):
-        return value.item() if value.ndim == 0 else value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
 
 
 class RunDir:
@@ -115,7 +104,7 @@ class RunDir:
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Appends a record to ``metrics.jsonl`` and rewrites ``metrics.csv`` (its columns may widen)."""
-        self.records.append(jsonable(record))
+        self.records.append(dict(record))
         if self.enabled:
             with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(self.records[-1]) + "\n")
@@ -194,9 +183,7 @@ class RunDir:
     ) -> str:
         """Writes ``summary.json`` and the plots; returns the closing report."""
         if self.enabled:
-            atomic_write(
-                self.path / "summary.json", (json.dumps(jsonable(summary), indent=2) + "\n").encode()
-            )
+            atomic_write(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
             steps = [r for r in self.records if not isinstance(r.get("epoch"), int)]
             epochs = [r for r in self.records if isinstance(r.get("epoch"), int)]
             for rows, keys, name, x in (
@@ -323,21 +310,46 @@ def guarded(run: Path) -> Iterator[None]:
         cleanup()
 
 
+class Setup(NamedTuple):
+    """A prepared run: process group, data, folder, the trainer's parts, meter and step counts."""
+
+    info: DistInfo
+    data: CifarData
+    run: RunDir
+    parts: Any
+    meter: Meter
+    start: int
+    total: int
+    per_epoch: int
+
+
+def finish_run(cfg: Any, s: Setup, offline: dict[str, Any] | None, representations: tuple[str, ...],
+               step_keys: Sequence[str], epoch_keys: Sequence[str]) -> None:  # fmt: skip
+    """Writes ``summary.json`` (the last epoch's evaluation, the ``offline`` one, throughput, size) and the
+    plots, and prints the report (rank 0)."""
+    summary = {"variant": cfg.variant, "data": s.data.description, **s.run.last_epoch(representations)}
+    summary.update({"offline": offline} if offline is not None else {})
+    summary.update(
+        steps=s.total,
+        epochs=cfg.epochs,
+        world_size=s.info.world_size,
+        **s.meter.summary(s.total, cfg.batch_size),
+    )
+    summary["params"] = sum(p.numel() for p in s.parts.model.parameters() if p.requires_grad)
+    report = s.run.finish(summary, step_keys, epoch_keys, representations)
+    if s.info.is_main:
+        print(report, flush=True)
+
+
 class Meter:
     """What a run accumulates between checkpoints: the epoch's metric sums, the first step whose loss was
-    NaN/Inf (a device-side flag, read only at log steps and checkpoints: no host sync per step), the
-    training time and the coding rate's timed share."""
+    NaN/Inf (a device-side flag, read only at log steps and checkpoints: no host sync per step), and the
+    seconds spent training, in timed steps and in the coding rate of timed steps."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums: dict[str, Tensor] = {}
-        self.count, self.train_s, self.rate_s, self.timed_s, self.timed_steps, self.wall_before = (
-            0,
-            0.0,
-            0.0,
-            0.0,
-            0,
-            0.0,
-        )
+        self.count = 0
+        self.seconds = {"train": 0.0, "timed": 0.0, "rate": 0.0, "timed_steps": 0.0, "wall": 0.0}
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.started = time.perf_counter()
 
@@ -352,28 +364,26 @@ class Meter:
 
     def mean(self, metrics: Mapping[str, Tensor | float] | None = None) -> dict[str, float]:
         """``metrics`` (default: the epoch's means) averaged over ranks, as floats (one collective)."""
-        values = metrics if metrics is not None else {k: v / max(1, self.count) for k, v in self.sums.items()}
-        if not values:
-            return {}
+        values = metrics if metrics is not None else {k: v / self.count for k, v in self.sums.items()}
+        device = self.first_bad.device
         stacked = torch.stack(
-            [torch.as_tensor(v, dtype=torch.float64, device=self.first_bad.device) for v in values.values()]
+            [torch.as_tensor(v, dtype=torch.float64, device=device) for v in values.values()]
         )
-        return dict(zip(values, all_reduce_mean(stacked).tolist(), strict=True))
+        return dict(zip(values, all_reduce_mean(stacked).tolist(), strict=True)) if values else {}
 
     def step_done(
         self, began: float, timing: bool, rate_loss: CodingRateLoss, shape: tuple[int, ...]
     ) -> None:
-        """Adds a step's time; on a ``timing`` step (see :meth:`timing_due`) also times the coding rate on a
-        leaf of the ``shape`` it saw (see :func:`common.optim.time_rate`)."""
-        device = self.first_bad.device
+        """Adds a step's seconds; on a ``timing`` step also times the coding rate on a leaf of the ``shape``
+        it saw (:func:`common.optim.time_rate`), for the rate's share of the step time."""
         if timing:
-            synchronize(device)
+            synchronize(self.first_bad.device)
         elapsed = time.perf_counter() - began
-        self.train_s += elapsed
+        self.seconds["train"] += elapsed
         if timing:
-            self.timed_s += elapsed
-            self.rate_s += time_rate(rate_loss, shape, device)
-            self.timed_steps += 1
+            self.seconds["timed"] += elapsed
+            self.seconds["rate"] += time_rate(rate_loss, shape, self.first_bad.device)
+            self.seconds["timed_steps"] += 1
 
     @staticmethod
     def timing_due(step: int, total: int, every: int) -> bool:
@@ -381,40 +391,26 @@ class Meter:
         return every > 0 and step >= warm and (step - warm) % every == 0
 
     def wall_seconds(self) -> float:
-        return self.wall_before + time.perf_counter() - self.started
+        return self.seconds["wall"] + time.perf_counter() - self.started
 
-    def summary(self, step: int, steps_per_epoch: int, batch_size: int, world_size: int) -> dict[str, Any]:
-        return {
-            "steps": step,
-            "epochs": step / steps_per_epoch,
-            "world_size": world_size,
-            "wall_time_s": round(self.wall_seconds(), 3),
-            "train_time_s": round(self.train_s, 3),
-            "images_per_s": step * batch_size / self.train_s if self.train_s > 0 else None,
-            "rate_time_share": self.rate_s / self.timed_s if self.timed_s > 0 else None,
-            "rate_timed_steps": self.timed_steps,
-        }
+    def summary(self, steps: int, batch_size: int) -> dict[str, Any]:
+        s = self.seconds
+        return {"wall_time_s": round(self.wall_seconds(), 3), "train_time_s": round(s["train"], 3),
+                "images_per_s": steps * batch_size / s["train"] if s["train"] > 0 else None,
+                "rate_time_share": s["rate"] / s["timed"] if s["timed"] > 0 else None,
+                "rate_timed_steps": int(s["timed_steps"])}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "sums": dict(self.sums),
             "count": self.count,
-            "train_s": self.train_s,
-            "rate_s": self.rate_s,
-            "timed_s": self.timed_s,
-            "timed_steps": self.timed_steps,
-            "wall_s": self.wall_seconds(),
+            "seconds": {**self.seconds, "wall": self.wall_seconds()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums = {k: v.to(self.first_bad.device) for k, v in state["sums"].items()}
-        self.count, self.train_s, self.rate_s = (
-            int(state["count"]),
-            float(state["train_s"]),
-            float(state["rate_s"]),
-        )
-        self.timed_s, self.timed_steps = float(state["timed_s"]), int(state["timed_steps"])
-        self.wall_before, self.started = float(state["wall_s"]), time.perf_counter()
+        self.count, self.seconds = int(state["count"]), {k: float(v) for k, v in state["seconds"].items()}
+        self.started = time.perf_counter()
 
 
 class StopRequest:

@@ -61,3 +61,10 @@ def test_evaluation_does_not_depend_on_the_evaluation_batch_size(tmp_path: Path)
     assert a["online.rotation_acc"] == b["online.rotation_acc"]
     for key in ("val_pred_loss", "online.rotation_r2", "online.linear_acc", "z_agg.effective_rank"):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_recipe_options_train(tmp_path: Path) -> None:
+    extra = ["model.target_pass=separate", "model.predictor_norm=layer", "model.ema_tau_end=null", "optim.name=adam",
+             "optim.schedule_unit=epoch", "epochs=1", "eval.offline=false"]  # fmt: skip
+    run = train_tiny(tmp_path, "teacherless_rate", *(a for e in extra for a in ("--set", e)))
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
