@@ -439,12 +439,15 @@ class StopRequest:
 class Progress:
     """A tqdm bar on a terminal, else a plain line every ``log_every`` steps; silent when not ``enabled``."""
 
-    def __init__(
-        self, total: int, initial: int, log_every: int, *, enabled: bool = True, stream: Any = None
-    ) -> None:
-        self.total, self.step, self.log_every, self.enabled = total, initial, log_every, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.start, self.initial, self.bar = time.perf_counter(), initial, None
+    def __init__(self, total: int, initial: int, log_every: int, *, enabled: bool = True, stream: Any = None):
+        self.total, self.step, self.initial, self.log_every, self.enabled = (
+            total,
+            initial,
+            initial,
+            log_every,
+            enabled,
+        )
+        self.stream, self.start, self.bar = stream or sys.stderr, time.perf_counter(), None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm.auto import tqdm
 
@@ -452,26 +455,17 @@ class Progress:
 
     def update(self, batch_size: int, shown: Mapping[str, float]) -> None:
         """One step of ``batch_size`` images; ``shown``: the metrics logged at this step (maybe none)."""
-        if not self.enabled:
-            return
         self.step += 1
-        elapsed = time.perf_counter() - self.start
-        rate = {"img/s": round((self.step - self.initial) * batch_size / elapsed)} if elapsed > 0 else {}
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        shown = {**shown, "img/s": round((self.step - self.initial) * batch_size / elapsed)}
         if self.bar is not None:
-            if shown:
-                self.bar.set_postfix_str(
-                    ", ".join(f"{k}={_fmt(v)}" for k, v in {**shown, **rate}.items()), refresh=False
-                )
+            self.bar.set_postfix_str(", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), refresh=False)
             self.bar.update(1)
-        elif self.step % self.log_every == 0 or self.step == self.total:
+        elif self.enabled and (self.step % self.log_every == 0 or self.step == self.total):
             eta = elapsed / (self.step - self.initial) * (self.total - self.step)
-            parts = [
-                f"train step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%)",
-                *(f"{k} {_fmt(v)}" for k, v in {**shown, **rate}.items()),
-                f"elapsed {elapsed:.0f}s",
-                *([f"eta {eta:.0f}s"] if self.step < self.total else []),
-            ]
-            print(" | ".join(parts), file=self.stream, flush=True)
+            head = f"train step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%) | "
+            tail = f" | elapsed {elapsed:.0f}s" + (f" | eta {eta:.0f}s" if self.step < self.total else "")
+            self.write(head + format_metrics(shown) + tail)
 
     def write(self, message: str) -> None:
         if self.bar is not None:
@@ -484,22 +478,19 @@ class Progress:
             self.bar.close()
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+def _fmt(value: Any, key: str = "") -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return str(value)
+    if key.endswith(("acc", "share")):
+        return f"{100 * value:.1f}%"
+    if key or isinstance(value, int):
+        return f"{value:.3f}" if key and abs(value) < 10 else f"{value:.0f}"
     return f"{value:.2e}" if value != 0 and not 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """``"loss 0.1235 | lr 3.00e-04"``: the numbers of an epoch line."""
-    return " | ".join(
-        f"{k} {_fmt(v)}"
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    )
-
-
-SHOWN = ("linear_acc", "knn_acc")
+    """``"loss 0.1235 | lr 3.00e-04"``: the numbers of a progress or epoch line."""
+    return " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def format_report(path: Path, summary: Mapping[str, Any]) -> str:
@@ -513,27 +504,15 @@ def format_report(path: Path, summary: Mapping[str, Any]) -> str:
           640 img/s | coding rate 0.4% of step time
           outputs: runs/a/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)
     """
-
-    def fmt(key: str, v: Any) -> str:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            return str(v)
-        return (
-            f"{100 * v:.1f}%" if key.endswith(("acc", "share")) else f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
-        )
-
     lines = [f"done: {path.name} in {summary.get('wall_time_s', 0):.0f} s"]
     for group in ("online", "offline", "effective_rank"):
-        if isinstance(values := summary.get(group), Mapping):
-            parts = [
-                f"{k} [{' '.join(f'{a} {fmt(a, b)}' for a, b in v.items() if a in SHOWN)}]"
-                if isinstance(v, Mapping)
-                else f"{k} {fmt(k, v)}"
-                for k, v in values.items()
-            ]
-            lines.append(f"  {group}: " + " | ".join(parts))
-    lines.append(
-        f"  {fmt('', summary.get('images_per_s'))} img/s | "
-        f"coding rate {fmt('share', summary.get('rate_time_share'))} of step time"
+        values = summary.get(group) or {}
+        shown = ("linear_acc", "knn_acc")  # of a group; the details stay in summary.json
+        parts = [f"{k} [{' '.join(f'{a} {_fmt(b, a)}' for a, b in v.items() if a in shown)}]"
+                 if isinstance(v, Mapping) else f"{k} {_fmt(v, k)}" for k, v in values.items()]  # fmt: skip
+        lines += [f"  {group}: " + " | ".join(parts)] if parts else []
+    rate = _fmt(summary.get("rate_time_share"), "share")
+    lines.append(f"  {_fmt(summary.get('images_per_s'), 'img/s')} img/s | coding rate {rate} of step time")
+    return "\n".join(
+        [*lines, f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)"]
     )
-    lines.append(f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)")
-    return "\n".join(lines)
