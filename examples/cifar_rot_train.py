@@ -52,7 +52,7 @@ from common.evaluation import (
     OnlineProbe,
     accuracy,
     classification_metrics,
-    collapse_record,
+    collapse_diagnostics,
     collect_features,
     fit_mlp_regressor,
     r2_score,
@@ -304,10 +304,7 @@ def encode(cfg: TrainConfig, model: SeqJEPA, images: Tensor, salt: int) -> dict[
             "loss": loss.expand(len(idx)),
         }
 
-    try:
-        return collect_features(batch, len(images), cfg.eval.batch_size)
-    finally:
-        model.train()
+    return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
 
 def evaluate_epoch(
@@ -323,12 +320,8 @@ def evaluate_epoch(
         "online.rotation_r2": r2_score(pred, ROTATION_SINCOS[f["turns"]]),
         "online.rotation_acc": rotation_accuracy(pred, f["turns"]),
     }
-    for name, z in (("z_agg", f["z_agg"]), ("encoder", f["z0"])):
-        diagnostics, warning = collapse_record(name, z)
-        record.update(diagnostics)
-        if warning:
-            progress.write(f"epoch {epoch}: warning: {warning}")
-    return record
+    representations = {"z_agg": f["z_agg"], "encoder": f["z0"]}
+    return {**record, **collapse_diagnostics(representations, progress.write, epoch)}
 
 
 def offline_evaluation(

@@ -41,7 +41,13 @@ from common.checkpoint import restore
 from common.config import CONFIG_DIR, RunConfig, check_min, check_range, parse_config
 from common.data import CifarData, batch_indices, mix_seed, normalize
 from common.dist import DistInfo, any_rank, wrap
-from common.evaluation import OnlineProbe, accuracy, classification_metrics, collapse_record, collect_features
+from common.evaluation import (
+    OnlineProbe,
+    accuracy,
+    classification_metrics,
+    collapse_diagnostics,
+    collect_features,
+)
 from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
 from common.run import Meter, Progress, Setup, StopRequest, finish_run, guarded, open_run
 from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
@@ -202,17 +208,13 @@ def train_step(cfg: TwoViewConfig, parts: Parts, images: Tensor, labels: Tensor,
 @torch.no_grad()
 def encode(cfg: TwoViewConfig, model: TwoViewNet, images: Tensor) -> dict[str, Tensor]:
     """Encoder features and projections of the unaugmented images, in eval mode."""
-    model.eval()
 
     def batch(idx: Tensor) -> dict[str, Tensor]:
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             h = model.encoder(normalize(images[idx.to(images.device)]))
             return {"encoder": h.float(), "projection": model.projector(h).float()}
 
-    try:
-        return collect_features(batch, len(images), cfg.eval.batch_size)
-    finally:
-        model.train()
+    return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
 
 def evaluate_epoch(
@@ -223,12 +225,7 @@ def evaluate_epoch(
     record: dict[str, Any] = {
         "online.linear_acc": accuracy(parts.probe.predict(f["encoder"].to(device)), data.test.labels)
     }
-    for name, z in f.items():
-        diagnostics, warning = collapse_record(name, z)
-        record.update(diagnostics)
-        if warning:
-            progress.write(f"epoch {epoch}: warning: {warning}")
-    return record
+    return {**record, **collapse_diagnostics(f, progress.write, epoch)}
 
 
 # ---------------------------------------------------------------------------------------- the training run

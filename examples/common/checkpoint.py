@@ -1,9 +1,8 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and checks that name the file and what is wrong.
 
-A file is written to ``.<name>.<pid>.tmp`` beside its destination, fsynced and moved over it with
-``os.replace``, so a crash leaves the old file whole; a kill between the write and the move leaves the
-temporary, which :func:`remove_stale_temporaries` deletes when the run starts or resumes. Loading uses
-``torch.load(weights_only=True)``: a checkpoint holds state dicts, numbers, strings and containers only.
+A file is written to ``.<name>.<pid>.tmp`` beside its destination (fsynced, for a checkpoint), then moved
+over it with ``os.replace``: a crash leaves the old file whole, and the temporary a kill may leave is removed
+when the run starts or resumes. A checkpoint holds state dicts, numbers, strings and containers only.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any, /) -> Any: ...
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a fsynced temporary file and ``os.replace`` (see the module).
+def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (see the module); ``durable``
+    fsyncs it first, so that it also survives a power loss.
 
     Examples:
         >>> import tempfile
@@ -45,8 +45,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -65,7 +66,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue(), durable=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

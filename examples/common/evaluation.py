@@ -73,15 +73,18 @@ class OnlineProbe:
 
 @torch.no_grad()
 def collect_features(
-    fn: Callable[[Tensor], Mapping[str, Tensor]], num: int, batch_size: int
+    model: nn.Module, fn: Callable[[Tensor], Mapping[str, Tensor]], num: int, batch_size: int
 ) -> dict[str, Tensor]:
-    """``fn`` on consecutive index batches of ``range(num)``, its named outputs concatenated on the CPU."""
+    """``fn`` on consecutive index batches of ``range(num)`` with ``model`` in eval mode (training mode
+    again afterwards), its named outputs concatenated on the CPU."""
     parts: dict[str, list[Tensor]] = {}
-    for start in range(0, num, batch_size):
-        for key, value in fn(torch.arange(start, min(start + batch_size, num))).items():
-            parts.setdefault(key, []).append(
-                value.detach().float().cpu() if value.is_floating_point() else value.cpu()
-            )
+    model.eval()
+    try:
+        for start in range(0, num, batch_size):
+            for key, value in fn(torch.arange(start, min(start + batch_size, num))).items():
+                parts.setdefault(key, []).append(value.detach().cpu())
+    finally:
+        model.train()
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
@@ -232,6 +235,19 @@ def fit_mlp_regressor(
             optimizer.step()
     with torch.no_grad():
         return net(xte).cpu()  # type: ignore[no-any-return]
+
+
+def collapse_diagnostics(
+    representations: Mapping[str, Tensor], warn: Callable[[str], None], epoch: int
+) -> dict[str, Any]:
+    """:func:`collapse_record` of each named representation as one record; ``warn`` prints the warnings."""
+    record: dict[str, Any] = {}
+    for name, z in representations.items():
+        diagnostics, warning = collapse_record(name, z)
+        record.update(diagnostics)
+        if warning:
+            warn(f"epoch {epoch}: warning: {warning}")
+    return record
 
 
 def collapse_record(name: str, z: Tensor) -> tuple[dict[str, Any], str | None]:

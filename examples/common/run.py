@@ -90,10 +90,11 @@ class RunDir:
         atomic_write(self.path / "config.yaml", _yaml(config).encode())
         atomic_write(self.path / "config.json", (json.dumps(config, indent=2) + "\n").encode())
 
-    def _write_logs(self) -> None:
-        atomic_write(
-            self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records).encode()
-        )
+    def _write_logs(self, jsonl: bool = True) -> None:
+        if jsonl:
+            atomic_write(
+                self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records).encode()
+            )
         rows = [flat_keys(r) for r in self.records]
         columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, list)))
         buffer = io.StringIO()
@@ -108,7 +109,7 @@ class RunDir:
         if self.enabled:
             with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(self.records[-1]) + "\n")
-            self._write_logs()
+            self._write_logs(jsonl=False)
 
     def check_finite(self, meter: Meter, step: int) -> None:
         """Raises ``FloatingPointError`` naming the first step whose loss was NaN/Inf (on any rank) and the
