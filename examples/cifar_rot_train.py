@@ -59,7 +59,8 @@ from common.evaluation import (
     rotation_accuracy,
 )
 from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
-from common.run import Meter, Progress, Setup, StopRequest, finish_run, guarded, open_run
+from common.report import Progress
+from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
 from common.views import ROTATION_SINCOS, draw_rotations, rotation_actions, rotation_views
 from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import flat_keys
-from common.plots import numeric_keys, plot_comparison
+from common.report import numeric_keys, plot_comparison
 from common.run import read_jsonl
 
 __all__ = ["collect_summaries", "main", "markdown_table"]

@@ -49,7 +49,8 @@ from common.evaluation import (
     collect_features,
 )
 from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
-from common.run import Meter, Progress, Setup, StopRequest, finish_run, guarded, open_run
+from common.report import Progress
+from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
 from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
 
 VARIANTS = ("simsiam", "byol", "rate", "none")

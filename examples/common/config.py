@@ -166,9 +166,9 @@ class ProbeConfig:
     hidden: int = 256
 
     def __post_init__(self) -> None:
-        check_min(self, "probe.", 1e-12, "lr")
         check_min(self, "probe.", 0, "weight_decay")
         check_min(self, "probe.", 1, "hidden")
+        check_min(self, "probe.", 1e-12, "lr")
 
 
 @dataclass(frozen=True)
@@ -199,24 +199,15 @@ class RunConfig:
     #: Keys a ``--resume`` may change (``group.*``: all of the group): they shape neither the saved state nor
     #: the data, and include the remedies for a NaN loss.
     RESUME_MUTABLE: ClassVar[tuple[str, ...]] = (
-        "device",
-        "compile",
-        "bf16",
-        "log_every",
-        "ckpt_every",
-        "timing_every",
-        "optim.lr",
-        "optim.min_lr",
-        "optim.warmup_epochs",
-        "optim.grad_clip",
-        "rate.*",
-        "eval.*",
-    )
+        "device", "compile", "bf16", "log_every", "ckpt_every", "timing_every",
+        "optim.lr", "optim.min_lr", "optim.warmup_epochs", "optim.grad_clip", "rate.*", "eval.*",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.name is not None and (
-            self.name.strip() in ("", ".", "..") or any(c in self.name for c in "/\\\0")
-        ):
+        bad_name = self.name is not None and (
+            self.name.strip() in ("", ".", "..") or set("/\\\0") & set(self.name)
+        )
+        if bad_name:
             raise ValueError(
                 f"name must be a single folder name (no path separator, not '.' or '..'), got {self.name!r}"
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import shutil
 import signal
 import sys
@@ -37,7 +36,7 @@ from common.config import RunConfig, flat_keys, to_dict
 from common.data import CifarData, load_cifar10
 from common.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
 from common.optim import synchronize, time_rate
-from common.plots import plot_metrics, plot_spectrum
+from common.report import Progress, format_metrics, format_report, plot_metrics, plot_spectrum
 from jepa_rate import CodingRateLoss
 
 
@@ -253,15 +252,10 @@ def open_run(
             checkpoint = load_checkpoint(path / "last.pt")
             check_resume_config(cfg, checkpoint["config"], path)
         elif path.exists() and any(path.iterdir()):
-            if not overwrite:
-                raise RunExistsError(
-                    f"run folder '{path}' already exists: continue it with --resume {path}, "
-                    "start over with --overwrite, or choose another --name"
-                )
-            if not (path / "config.yaml").is_file():
-                raise RunExistsError(
-                    f"refusing to overwrite '{path}': it is not a run folder (no config.yaml)"
-                )
+            why = "it is not a run folder (no config.yaml)" if overwrite else "it already exists"
+            if not overwrite or not (path / "config.yaml").is_file():
+                raise RunExistsError(f"run folder '{path}': {why}; continue it with --resume {path}, "
+                                     "start over with --overwrite, or choose another --name")  # fmt: skip
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     torch.manual_seed(cfg.seed)  # the initial weights
@@ -272,13 +266,10 @@ def check_resume_config(cfg: RunConfig, saved: Mapping[str, Any], path: Path) ->
     """Raises :class:`ResumeError` naming each key that differs from the saved config but must not."""
     mutable = type(cfg).RESUME_MUTABLE
     before, now = flat_keys(dict(saved)), flat_keys(to_dict(cfg))
-    fixed = [
-        k
-        for k, v in now.items()
-        if k in before
-        and v != before[k]
-        and not any(k == m or (m.endswith("*") and k.startswith(m[:-1])) for m in mutable)
+    may_change = [
+        k for k in now if any(k == m or (m.endswith("*") and k.startswith(m[:-1])) for m in mutable)
     ]
+    fixed = [k for k, v in now.items() if k in before and v != before[k] and k not in may_change]
     if fixed:
         items = ", ".join(f"{k}={now[k]!r} (saved {before[k]!r})" for k in fixed)
         raise ResumeError(
@@ -299,11 +290,8 @@ def guarded(run: Path) -> Iterator[None]:
     except (FloatingPointError, ResumeError) as err:
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:
-        print(
-            f"interrupted; the last checkpoint is kept: finish the run with --resume {run}",
-            file=sys.stderr,
-            flush=True,
-        )
+        message = f"interrupted; the last checkpoint is kept: finish the run with --resume {run}"
+        print(message, file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -435,85 +423,3 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class Progress:
-    """A tqdm bar on a terminal, else a plain line every ``log_every`` steps; silent when not ``enabled``."""
-
-    def __init__(self, total: int, initial: int, log_every: int, *, enabled: bool = True, stream: Any = None):
-        self.total, self.step, self.initial, self.log_every, self.enabled = (
-            total,
-            initial,
-            initial,
-            log_every,
-            enabled,
-        )
-        self.stream, self.start, self.bar = stream or sys.stderr, time.perf_counter(), None
-        if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="train", file=self.stream, dynamic_ncols=True)
-
-    def update(self, batch_size: int, shown: Mapping[str, float]) -> None:
-        """One step of ``batch_size`` images; ``shown``: the metrics logged at this step (maybe none)."""
-        self.step += 1
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        shown = {**shown, "img/s": round((self.step - self.initial) * batch_size / elapsed)}
-        if self.bar is not None:
-            self.bar.set_postfix_str(", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), refresh=False)
-            self.bar.update(1)
-        elif self.enabled and (self.step % self.log_every == 0 or self.step == self.total):
-            eta = elapsed / (self.step - self.initial) * (self.total - self.step)
-            head = f"train step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%) | "
-            tail = f" | elapsed {elapsed:.0f}s" + (f" | eta {eta:.0f}s" if self.step < self.total else "")
-            self.write(head + format_metrics(shown) + tail)
-
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=self.stream)
-        elif self.enabled:
-            print(message, file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fmt(value: Any, key: str = "") -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return str(value)
-    if key.endswith(("acc", "share")):
-        return f"{100 * value:.1f}%"
-    if key or isinstance(value, int):
-        return f"{value:.3f}" if key and abs(value) < 10 else f"{value:.0f}"
-    return f"{value:.2e}" if value != 0 and not 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
-
-
-def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """``"loss 0.1235 | lr 3.00e-04"``: the numbers of a progress or epoch line."""
-    return " | ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
-
-
-def format_report(path: Path, summary: Mapping[str, Any]) -> str:
-    """The closing lines of a run: the online, offline and effective-rank groups, then throughput.
-
-    Examples:
-        >>> print(format_report(Path("runs/a"), {"wall_time_s": 61.2, "online": {"linear_acc": 0.25},
-        ...                     "images_per_s": 640.0, "rate_time_share": 0.004}))
-        done: a in 61 s
-          online: linear_acc 25.0%
-          640 img/s | coding rate 0.4% of step time
-          outputs: runs/a/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)
-    """
-    lines = [f"done: {path.name} in {summary.get('wall_time_s', 0):.0f} s"]
-    for group in ("online", "offline", "effective_rank"):
-        values = summary.get(group) or {}
-        shown = ("linear_acc", "knn_acc")  # of a group; the details stay in summary.json
-        parts = [f"{k} [{' '.join(f'{a} {_fmt(b, a)}' for a, b in v.items() if a in shown)}]"
-                 if isinstance(v, Mapping) else f"{k} {_fmt(v, k)}" for k, v in values.items()]  # fmt: skip
-        lines += [f"  {group}: " + " | ".join(parts)] if parts else []
-    rate = _fmt(summary.get("rate_time_share"), "share")
-    lines.append(f"  {_fmt(summary.get('images_per_s'), 'img/s')} img/s | coding rate {rate} of step time")
-    return "\n".join(
-        [*lines, f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)"]
-    )

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["common.checkpoint", "common.config", "common.data", "common.evaluation", "common.augment",
-           "common.optim", "common.plots", "common.run", "common.views", "compare_runs"]  # fmt: skip
+           "common.optim", "common.report", "common.views", "compare_runs"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)

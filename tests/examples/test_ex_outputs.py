@@ -14,8 +14,8 @@ import torch
 import compare_runs
 from cifar_rot_train import TrainConfig
 from common.checkpoint import ResumeError, atomic_write, load_checkpoint, restore, save_checkpoint
-from common.plots import plot_metrics, plot_spectrum
-from common.run import Progress, RunDir, StopRequest, read_jsonl
+from common.report import Progress, plot_metrics, plot_spectrum
+from common.run import RunDir, StopRequest, read_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

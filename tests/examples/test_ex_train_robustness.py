@@ -160,7 +160,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(
 ) -> None:
     argv = _argv(tmp_path, "run", "--set", "epochs=1", "--set", "eval.offline=false")
     assert cifar_rot_train.main(argv) == 0
-    with pytest.raises(SystemExit, match="already exists: continue it with --resume"):
+    with pytest.raises(SystemExit, match="it already exists; continue it with --resume"):
         cifar_rot_train.main(argv)
     assert cifar_rot_train.main([*argv, "--overwrite"]) == 0
     (tmp_path / "run" / "last.pt").unlink()
