@@ -110,6 +110,17 @@ def read_npz(path: str | Path, what: str) -> tuple[Split, tuple[str, ...] | None
     return Split(images, torch.from_numpy(y.astype(np.int64))), classes
 
 
+@functools.cache
+def _read_embedded_subset() -> tuple[Split, tuple[str, ...] | None]:
+    return read_npz(EMBEDDED_SUBSET, "embedded subset")
+
+
+def _embedded_subset() -> tuple[Split, tuple[str, ...] | None]:
+    """The committed subset, read once per process (a copy each time: callers own their tensors)."""
+    split, names = _read_embedded_subset()
+    return Split(split.images.clone(), split.labels.clone()), names
+
+
 def load_torchvision(root: str | Path, *, train: bool, download: bool) -> Split:
     from torchvision.datasets import CIFAR10
 
@@ -181,7 +192,7 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
         test = load_torchvision(cfg.data_dir, train=False, download=cfg.download)
         names, source = CIFAR10_CLASSES, f"torchvision CIFAR10 {cfg.data_dir}"
     else:
-        train, names = read_npz(EMBEDDED_SUBSET, "embedded subset")
+        train, names = _embedded_subset()
         source = f"embedded subset {EMBEDDED_SUBSET.name}"
     count = int(train.labels.max()) + 1
     classes = names or (CIFAR10_CLASSES if count <= 10 else tuple(map(str, range(count))))
