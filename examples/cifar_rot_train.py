@@ -79,6 +79,7 @@ VARIANTS = {
     "teacherless": Variant("stopgrad", rate=False, symmetric=False),
     "symmetric_rate": Variant("stopgrad", rate=True, symmetric=True),
 }
+#: What the plots show: the step records (train_curves.png) and the epoch records (epoch_metrics.png).
 STEP_PLOTS = (
     "loss",
     "pred_loss",
@@ -90,16 +91,9 @@ STEP_PLOTS = (
     "probe_rotation_loss",
 )
 EPOCH_PLOTS = (
-    "train.pred_loss",
-    "val_pred_loss",
-    "train.rate",
-    "online.linear_acc",
-    "online.rotation_r2",
-    "online.rotation_acc",
-    "encoder.effective_rank",
-    "z_agg.effective_rank",
-    "z_agg.normalized_std",
-)
+    "train.pred_loss", "val_pred_loss", "train.rate", "online.linear_acc", "online.rotation_r2",
+    "online.rotation_acc", "encoder.effective_rank", "z_agg.effective_rank", "z_agg.normalized_std",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -200,12 +194,8 @@ class Parts(NamedTuple):
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds (besides the step, the config and the run's meter)."""
-        return {
-            "model": self.model,
-            "optimizer": self.optimizer,
-            "class_probe": self.class_probe,
-            "rotation_probe": self.rotation_probe,
-        }
+        names = ("model", "optimizer", "class_probe", "rotation_probe")
+        return {name: getattr(self, name) for name in names}
 
 
 def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
@@ -261,22 +251,14 @@ def train_step(
     parts.optimizer.step()
     tau = model.target_encoder.current_decay() if model.target_encoder is not None else None
     model.update_target()
-    b = len(images)
-    pair = torch.cat((out.encodings[:, 0], out.encodings[:, 1]), dim=1)
+    pair = torch.cat((out.encodings[:, 0], out.encodings[:, 1]), dim=1)  # probes: detached inputs
+    rotation = ROTATION_SINCOS.to(device)[turns[:, 1].to(device)]
     return {
-        "loss": loss.detach(),
-        "pred_loss": pred_loss.detach(),
-        **({"tau": tau} if tau is not None else {}),
-        "rate": terms.rate.detach(),
-        "norm_rate": terms.normalized_rate.detach(),
-        "rate_scale": terms.scale,
-        "rate_weight": w,
-        "probe_class_loss": parts.class_probe.step(out.z_agg[:b], labels),
-        "probe_rotation_loss": parts.rotation_probe.step(
-            pair, ROTATION_SINCOS.to(device)[turns[:, 1].to(device)]
-        ),
-        "rate_shape": tuple(z.shape),
-    }
+        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **({"tau": tau} if tau is not None else {}),
+        "rate": terms.rate.detach(), "norm_rate": terms.normalized_rate.detach(), "rate_scale": terms.scale,
+        "rate_weight": w, "probe_class_loss": parts.class_probe.step(out.z_agg[: len(images)], labels),
+        "probe_rotation_loss": parts.rotation_probe.step(pair, rotation), "rate_shape": tuple(z.shape),
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -285,10 +267,8 @@ def encode(cfg: TrainConfig, model: SeqJEPA, images: Tensor, salt: int) -> dict[
     """z_AGG, z_0, z_1 and prediction loss of fixed (seeded) evaluation sequences of every image, in eval
     mode. The rate belongs to training and is not computed here, so any number of sequences works."""
     num_views = (cfg.seq.eval_num_observations or cfg.seq.num_observations) + 1
-    all_turns = draw_rotations(
-        len(images), num_views, mix_seed(cfg.eval.seed, salt)
-    )  # same for any batch size
-    model.eval()
+    # One draw for the whole split: each image's sequence is the same for any eval.batch_size.
+    all_turns = draw_rotations(len(images), num_views, mix_seed(cfg.eval.seed, salt))
 
     def batch(idx: Tensor) -> dict[str, Tensor]:
         turns = all_turns[idx]
@@ -296,14 +276,9 @@ def encode(cfg: TrainConfig, model: SeqJEPA, images: Tensor, salt: int) -> dict[
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(views, rotation_actions(turns.to(images.device), cfg.action_kind))
             loss = prediction_loss(out.prediction, out.target, cfg.model.loss).float()
-        enc = out.encodings.float()
-        return {
-            "z_agg": out.z_agg[: len(idx)].float(),
-            "z0": enc[:, 0],
-            "z1": enc[:, 1],
-            "turns": turns[:, 1],
-            "loss": loss.expand(len(idx)),
-        }
+        z0, z1 = out.encodings.float()[:, 0], out.encodings.float()[:, 1]
+        z_agg, loss = out.z_agg[: len(idx)].float(), loss.expand(len(idx))
+        return {"z_agg": z_agg, "z0": z0, "z1": z1, "turns": turns[:, 1], "loss": loss}
 
     return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
@@ -329,10 +304,8 @@ def offline_evaluation(
     cfg: TrainConfig, model: SeqJEPA, data: CifarData, device: torch.device
 ) -> dict[str, Any]:
     """Linear probe and k-NN on frozen z_AGG and encoder features; rotation R² from frozen [z_0, z_1]."""
-    train, test = (
-        encode(cfg, model, data.train.images.to(device), 1),
-        encode(cfg, model, data.test.images.to(device), 2),
-    )
+    train = encode(cfg, model, data.train.images.to(device), 1)
+    test = encode(cfg, model, data.test.images.to(device), 2)
     out: dict[str, Any] = {
         name: classification_metrics(
             train[key], data.train.labels, test[key], data.test.labels, data.num_classes, cfg.eval, device
@@ -341,11 +314,8 @@ def offline_evaluation(
     }
     pairs = [torch.cat((f["z0"], f["z1"]), dim=1) for f in (train, test)]
     pred = fit_mlp_regressor(pairs[0], ROTATION_SINCOS[train["turns"]], pairs[1], cfg.eval, device)
-    return {
-        **out,
-        "rotation_r2": r2_score(pred, ROTATION_SINCOS[test["turns"]]),
-        "rotation_acc": rotation_accuracy(pred, test["turns"]),
-    }
+    out["rotation_r2"] = r2_score(pred, ROTATION_SINCOS[test["turns"]])
+    return {**out, "rotation_acc": rotation_accuracy(pred, test["turns"])}
 
 
 # ---------------------------------------------------------------------------------------- the training run

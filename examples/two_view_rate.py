@@ -56,14 +56,9 @@ from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, pr
 VARIANTS = ("simsiam", "byol", "rate", "none")
 STEP_PLOTS = ("loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss")
 EPOCH_PLOTS = (
-    "train.pred_loss",
-    "train.rate",
-    "online.linear_acc",
-    "encoder.effective_rank",
-    "projection.effective_rank",
-    "projection.normalized_std",
-    "projection.mean_cosine",
-)
+    "train.pred_loss", "train.rate", "online.linear_acc", "encoder.effective_rank",
+    "projection.effective_rank", "projection.normalized_std", "projection.mean_cosine",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -194,15 +189,10 @@ def train_step(cfg: TwoViewConfig, parts: Parts, images: Tensor, labels: Tensor,
     if target is not None:
         target.update()
     return {
-        "loss": loss.detach(),
-        "pred_loss": pred_loss.detach(),
-        **tau,
-        "rate": terms.rate.detach(),
-        "norm_rate": terms.normalized_rate.detach(),
-        "rate_weight": w,
+        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
+        "norm_rate": terms.normalized_rate.detach(), "rate_weight": w, "rate_shape": tuple(z.shape),
         "probe_class_loss": parts.probe.step(out.features[: len(images)], labels),
-        "rate_shape": tuple(z.shape),
-    }
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- evaluation
