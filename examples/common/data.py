@@ -228,6 +228,19 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
     return CifarData(train, test, classes, description)
 
 
+def check_batch_size(batch_size: int, num_samples: int, world_size: int) -> None:
+    """Raises ``ValueError`` unless the global batch fits the data and splits into batches of 2 or more."""
+    if batch_size > num_samples:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {num_samples} training images: lower batch_size or "
+            "use more data (data.train_size, data.holdout)"
+        )
+    if batch_size % world_size or batch_size // world_size < 2:
+        raise ValueError(
+            f"batch_size={batch_size} does not split into batches of 2 or more over {world_size} processes"
+        )
+
+
 def normalize(images: Tensor) -> Tensor:
     """uint8 images ``(..., 3, H, W)`` (or floats in [0, 1]) standardized with CIFAR-10's channel statistics.
 

@@ -103,6 +103,27 @@ def plot_comparison(
     return _panels(runs, keys, x, path, None)
 
 
+def plot_run(records: Sequence[Mapping[str, Any]], folder: Path, step_keys: Sequence[str],
+             epoch_keys: Sequence[str], spectra: Sequence[str]) -> None:  # fmt: skip
+    """A run's plots: ``train_curves.png`` (``step_keys`` of the step records), ``epoch_metrics.png``
+    (``epoch_keys`` of the epoch records) and ``spectrum.png`` (the spectra of the representations named
+    in ``spectra`` at the first and the last epoch)."""
+    steps = [r for r in records if not isinstance(r.get("epoch"), int)]
+    epochs = [r for r in records if isinstance(r.get("epoch"), int)]
+    for rows, keys, name, x in (
+        (steps, step_keys, "train_curves", "step"),
+        (epochs, epoch_keys, "epoch_metrics", "epoch"),
+    ):
+        if present := [k for k in keys if any(k in r for r in rows)]:
+            plot_metrics(rows, folder / f"{name}.png", present, x=x, title=folder.name)
+    ends = epochs[:1] + epochs[-1:] if len(epochs) > 1 else epochs
+    curves = {
+        f"{n} epoch {r['epoch']}": r[f"{n}.spectrum"] for n in spectra for r in ends if f"{n}.spectrum" in r
+    }
+    if curves:
+        plot_spectrum(curves, folder / "spectrum.png", "covariance spectrum of the evaluation embeddings")
+
+
 def plot_spectrum(spectra: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
     """Eigenvalues, sorted and divided by their sum, on a log scale: one curve per entry (a collapsed
     representation drops after a few components)."""

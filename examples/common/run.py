@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import yaml
 from torch import Tensor
 
 from common.checkpoint import (
@@ -33,10 +34,10 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import RunConfig, flat_keys, to_dict
-from common.data import CifarData, load_cifar10
+from common.data import CifarData, check_batch_size, load_cifar10
 from common.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
 from common.optim import synchronize, time_rate
-from common.report import Progress, format_metrics, format_report, plot_metrics, plot_spectrum
+from common.report import Progress, format_metrics, format_report, plot_run
 from jepa_rate import CodingRateLoss
 
 
@@ -86,7 +87,7 @@ class RunDir:
             self.records = kept
             self._write_logs()
         config = to_dict(cfg)
-        atomic_write(self.path / "config.yaml", _yaml(config).encode())
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
         atomic_write(self.path / "config.json", (json.dumps(config, indent=2) + "\n").encode())
 
     def _write_logs(self, jsonl: bool = True) -> None:
@@ -184,26 +185,7 @@ class RunDir:
         """Writes ``summary.json`` and the plots; returns the closing report."""
         if self.enabled:
             atomic_write(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-            steps = [r for r in self.records if not isinstance(r.get("epoch"), int)]
-            epochs = [r for r in self.records if isinstance(r.get("epoch"), int)]
-            for rows, keys, name, x in (
-                (steps, step_keys, "train_curves", "step"),
-                (epochs, epoch_keys, "epoch_metrics", "epoch"),
-            ):
-                if present := [k for k in keys if any(k in r for r in rows)]:
-                    plot_metrics(rows, self.path / f"{name}.png", present, x=x, title=self.path.name)
-            curves = {
-                f"{n} epoch {r['epoch']}": r[f"{n}.spectrum"]
-                for n in spectra
-                for r in (epochs[:1] + epochs[-1:] if len(epochs) > 1 else epochs)
-                if f"{n}.spectrum" in r
-            }
-            if curves:
-                plot_spectrum(
-                    curves,
-                    self.path / "spectrum.png",
-                    title="covariance spectrum of the evaluation embeddings",
-                )
+            plot_run(self.records, self.path, step_keys, epoch_keys, spectra)
         return format_report(self.path, summary)
 
     def last_epoch(self, representations: Sequence[str]) -> dict[str, Any]:
@@ -214,25 +196,6 @@ class RunDir:
             "effective_rank": {n: last.get(f"{n}.effective_rank") for n in representations},
             "collapsed": {n: last.get(f"{n}.collapsed") for n in representations},
         }
-
-
-def _yaml(config: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
-
-
-def check_batch_size(batch_size: int, num_samples: int, world_size: int) -> None:
-    """Raises ``ValueError`` unless the global batch fits the data and splits into batches of 2 or more."""
-    if batch_size > num_samples:
-        raise ValueError(
-            f"batch_size={batch_size} exceeds the {num_samples} training images: lower batch_size or "
-            "use more data (data.train_size, data.holdout)"
-        )
-    if batch_size % world_size or batch_size // world_size < 2:
-        raise ValueError(
-            f"batch_size={batch_size} does not split into batches of 2 or more over {world_size} processes"
-        )
 
 
 def open_run(

@@ -268,9 +268,9 @@ def test_a_signal_after_training_stops_cleanly_and_resume_finishes(
     signum: int,
     where: str,
 ) -> None:
-    import common.run
+    import common.report
 
-    module = cifar_rot_train if where == "offline_evaluation" else common.run
+    module = cifar_rot_train if where == "offline_evaluation" else common.report
     original = getattr(module, where)
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
