@@ -24,17 +24,11 @@ from common.config import flat_keys
 from common.report import numeric_keys, plot_comparison
 from common.run import read_jsonl
 
-__all__ = ["collect_summaries", "main", "markdown_table"]
-
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return "" if value is None else str(value).replace("|", "\\|")
 
 
 def markdown_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | None = None) -> str:
@@ -58,13 +52,8 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | 
 
 
 def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """Flattened ``summary.json`` of each run, keyed by a unique label (the folder name, or its path).
-
-    Raises:
-        FileNotFoundError: A run has no ``summary.json``.
-        ValueError: The same run is given twice, or a ``summary.json`` is not a JSON object (the message
-            names the path).
-    """
+    """Flattened ``summary.json`` of each run, keyed by a unique label (the folder name, or its path);
+    ``ValueError`` for a run given twice or a ``summary.json`` that is not a JSON object (naming it)."""
     resolved = [p.resolve() for p in run_dirs]
     if repeated := sorted({str(p) for p in resolved if resolved.count(p) > 1}):
         raise ValueError(f"the same run is given more than once: {', '.join(repeated)}")

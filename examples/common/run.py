@@ -1,10 +1,6 @@
-"""A run's folder and bookkeeping: ``runs/<name>/`` with its config, logs, checkpoint, summary and plots.
-
-Layout: ``config.yaml`` (loads back as a preset) and ``config.json``; ``metrics.jsonl`` (one record per log
-step and per epoch end) and ``metrics.csv`` (the same as a table: dotted columns, lists left out);
-``last.pt``; ``summary.json``; ``*.png``. Only rank 0 writes. :func:`open_run` checks everything before
-anything is written (an existing run is never clobbered by accident, a resume must fit its checkpoint);
-:meth:`RunDir.begin` then writes, after the state has been restored.
+"""A run's folder ``runs/<name>/`` (``config.yaml``/``.json``, ``metrics.jsonl``/``.csv``, ``last.pt``,
+``summary.json``, plots) and its bookkeeping. Only rank 0 writes. :func:`open_run` checks everything and
+writes nothing; :meth:`RunDir.begin` writes, once the resumed state has been restored.
 """
 
 from __future__ import annotations
