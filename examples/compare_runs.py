@@ -20,30 +20,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.outputs import RunDir
-from common.plots import numeric_keys, plot_comparison
-
-__all__ = ["collect_summaries", "main", "markdown_table"]
-
-
-def _flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in summary.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            flat[f"{prefix}{key}"] = value
-    return flat
+from common.config import flat_keys
+from common.report import numeric_keys, plot_comparison
+from common.run import read_jsonl
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return "" if value is None else str(value).replace("|", "\\|")
 
 
 def markdown_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | None = None) -> str:
@@ -67,13 +52,8 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | 
 
 
 def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """Flattened ``summary.json`` of each run, keyed by a unique label (the folder name, or its path).
-
-    Raises:
-        FileNotFoundError: A run has no ``summary.json``.
-        ValueError: The same run is given twice, or a ``summary.json`` is not a JSON object (the message
-            names the path).
-    """
+    """Flattened ``summary.json`` of each run, keyed by a unique label (the folder name, or its path);
+    ``ValueError`` for a run given twice or a ``summary.json`` that is not a JSON object (naming it)."""
     resolved = [p.resolve() for p in run_dirs]
     if repeated := sorted({str(p) for p in resolved if resolved.count(p) > 1}):
         raise ValueError(f"the same run is given more than once: {', '.join(repeated)}")
@@ -82,9 +62,12 @@ def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
     for path, name in zip(run_dirs, names, strict=True):
         label = name if names.count(name) == 1 else str(path)
         try:
-            out[label] = _flatten(RunDir(path, enabled=False).read_summary())
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:  # its message lacks the file it came from
             raise ValueError(f"{path / 'summary.json'}: invalid JSON: {err}") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path / 'summary.json'} does not hold a JSON object")
+        out[label] = {k: v for k, v in flat_keys(summary).items() if not isinstance(v, list)}
     return out
 
 
@@ -118,9 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summaries = collect_summaries(args.runs)
     except ValueError as err:
         parser.error(str(err))
-    curves = {
-        label: RunDir(p, enabled=False).records() for label, p in zip(summaries, args.runs, strict=True)
-    }
+    curves = {label: read_jsonl(p / "metrics.jsonl") for label, p in zip(summaries, args.runs, strict=True)}
     keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
     # Checked before anything is written; the default "epoch" may be absent (the record index is used).
     if any(curves.values()) and (why := _unknown_plot_keys(curves, keys, args.x)):

@@ -2,22 +2,18 @@
 EMA teacher or the stop-gradient.
 
 Two augmented views of each image go through an encoder and a projector (``z``); a predictor maps each
-view's ``z`` to the other's, with the negative-cosine loss ``(D(p_1, t_2) + D(p_2, t_1)) / 2``. What keeps
-the trivial solution (every image mapped to one point) away depends on the variant (``--variant`` or
-``--set variant=...``):
+view's ``z`` to the other's, and the loss is written out in :func:`train_step`::
+
+    loss = (D(p1, t2) + D(p2, t1)) / 2 - w * (R(z1) + R(z2)) / 2     # D: negative cosine; w: rate.weight
 
 ================ ======================================================================================
 variant          target ``t`` of the prediction, and what prevents collapse
 ================ ======================================================================================
 ``simsiam``      ``t = stopgrad(z)`` of the other view (SimSiam's stop-gradient)
 ``byol``         ``t`` = an EMA copy of encoder + projector (:class:`jepa_rate.EMATarget`, tau ramp to 1)
-``rate``         ``t = z``, gradients through both branches, and ``- weight * R(z)`` in the loss: the
-                 coding rate of each view's projections (:class:`jepa_rate.CodingRateLoss`)
+``rate``         ``t = z``, gradients through both branches, and the coding rate of each view's ``z``
 ``none``         ``t = z``, nothing else: the control, expected to collapse
 ================ ======================================================================================
-
-It shares its data loading, training loop, progress, outputs, probes and evaluation with
-``examples/cifar_rot_train.py`` (through ``examples/common``). Presets live in ``examples/configs/two_view``.
 
 Usage::
 
@@ -25,33 +21,38 @@ Usage::
     python examples/two_view_rate.py --preset cpu --variant simsiam
     torchrun --nproc_per_node=2 examples/two_view_rate.py --preset cpu
 
-Outputs go to ``runs/two_view-<preset>-<variant>/`` (see ``examples/common/outputs.py``).
+Presets live in ``examples/configs/two_view``; outputs go to ``runs/two_view-<preset>-<variant>/``.
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from common import CONFIG_DIR, CifarData, normalize
 from common.augment import AugmentConfig, augment
-from common.checks import check_encoder, check_min
-from common.cli import launch
-from common.evaluation import accuracy, classification_metrics, collect_features
-from common.loop import StepOutput, TrainingLoop
-from common.optim import build_optimizer, learning_rate, set_learning_rate
-from common.probes import linear_classifier
-from common.rate import MonitoredRate, rate_schedule, time_rate
-from common.run import RunConfig, RunContext
-from jepa_rate import ConvEncoder, CosineSchedule, EMATarget, cifar_resnet18, prediction_loss
+from common.checkpoint import restore
+from common.config import CONFIG_DIR, RunConfig, check_min, check_range, parse_config
+from common.data import CifarData, batch_indices, mix_seed, normalize
+from common.dist import DistInfo, any_rank, wrap
+from common.evaluation import (
+    OnlineProbe,
+    accuracy,
+    classification_metrics,
+    collapse_diagnostics,
+    collect_features,
+)
+from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
+from common.report import Progress
+from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
+from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
 
-# ----------------------------------------------------------------------------------------------- config
-Variant = Literal["simsiam", "byol", "rate", "none"]
 VARIANTS = ("simsiam", "byol", "rate", "none")
 STEP_PLOTS = ("loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss")
 EPOCH_PLOTS = (
@@ -62,9 +63,9 @@ EPOCH_PLOTS = (
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Encoder (``conv``: :class:`jepa_rate.ConvEncoder` with ``conv_widths``; or ``resnet18``), projector
+    """Encoder (``conv``: :class:`jepa_rate.ConvEncoder` with ``conv_widths``, or ``resnet18``), projector
     ``D -> proj_hidden -> proj_dim`` and predictor ``proj_dim -> pred_hidden -> proj_dim`` (MLPs with
-    BatchNorm), and the EMA decay ramp of ``byol``."""
+    BatchNorm), and the EMA decay ramp of ``byol`` (``ema_tau_end: null`` keeps it constant)."""
 
     encoder: Literal["conv", "resnet18"] = "conv"
     conv_widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -72,19 +73,20 @@ class NetConfig:
     proj_hidden: int = 256
     pred_hidden: int = 64
     ema_tau: float = 0.99
-    ema_tau_end: float = 1.0
+    ema_tau_end: float | None = 1.0
 
     def __post_init__(self) -> None:
-        check_encoder("model.", self.conv_widths, self.ema_tau, self.ema_tau_end)
-        sizes = {"proj_dim": self.proj_dim, "proj_hidden": self.proj_hidden, "pred_hidden": self.pred_hidden}
-        check_min("model.", 1, **sizes)
+        if not self.conv_widths or min(self.conv_widths) < 1:
+            raise ValueError(
+                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
+            )
+        check_min(self, "model.", 1, "proj_dim proj_hidden pred_hidden")
+        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
 class TwoViewConfig(RunConfig):
-    """The run settings of :class:`common.run.RunConfig`, plus the method's."""
-
-    variant: Variant = "rate"
+    variant: Literal["simsiam", "byol", "rate", "none"] = "rate"
     model: NetConfig = field(default_factory=NetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -104,18 +106,19 @@ def mlp(sizes: tuple[int, ...], *, last_norm: bool) -> nn.Sequential:
 
 
 class TwoViewOutput(NamedTuple):
-    """One step's loss terms and representations (the encoder features of the first view, for the probe)."""
+    """Per view (rows ``[view 1; view 2]``): encoder features, projections ``z``, predictions ``p`` and the
+    targets ``t`` of the variant (``z`` itself, detached, or the EMA copy's)."""
 
-    loss: Tensor
-    prediction_loss: Tensor
-    projections: Tensor
     features: Tensor
+    z: Tensor
+    p: Tensor
+    t: Tensor
 
 
 class TwoViewNet(nn.Module):
     """Encoder + projector + predictor, with the variant's target (see the module docstring)."""
 
-    def __init__(self, cfg: TwoViewConfig, total_steps: int, rate_loss: MonitoredRate) -> None:
+    def __init__(self, cfg: TwoViewConfig, total_steps: int) -> None:
         super().__init__()
         m = cfg.model
         self.variant = cfg.variant
@@ -123,127 +126,184 @@ class TwoViewNet(nn.Module):
         self.feature_dim = 512 if m.encoder == "resnet18" else m.conv_widths[-1]
         self.projector = mlp((self.feature_dim, m.proj_hidden, m.proj_dim), last_norm=True)
         self.predictor = mlp((m.proj_dim, m.pred_hidden, m.proj_dim), last_norm=False)
-        self.rate_loss = rate_loss if cfg.variant == "rate" else None
         self.target: EMATarget | None = None
         if cfg.variant == "byol":
-            decay = CosineSchedule(total_steps, start=m.ema_tau, end=m.ema_tau_end)
-            self.target = EMATarget(nn.Sequential(self.encoder, self.projector), decay)
+            tau = ema_schedule(m.ema_tau, m.ema_tau_end, total_steps)
+            self.target = EMATarget(nn.Sequential(self.encoder, self.projector), tau)
 
-    def forward(self, views: Tensor, rate_weight: float = 0.0) -> TwoViewOutput:
-        """``views`` ``(2, B, C, H, W)``: the two views of each image."""
-        both = views.flatten(0, 1)  # one pass: BatchNorm sees both views, as SimSiam's shared encoder does
+    def forward(self, views: Tensor) -> TwoViewOutput:
+        """``views`` ``(2, B, C, H, W)``, in one pass (BatchNorm sees both views, as in SimSiam)."""
+        both = views.flatten(0, 1)
         features = self.encoder(both)
         z = self.projector(features)
-        p = self.predictor(z)
         if self.target is not None:
             t = self.target(both).detach()
-        elif self.variant == "simsiam":
-            t = z.detach()
         else:
-            t = z
-        (p1, p2), (t1, t2) = p.chunk(2), t.chunk(2)
-        pred = 0.5 * (prediction_loss(p1, t2) + prediction_loss(p2, t1))
-        loss = pred
-        if self.rate_loss is not None:
-            loss = loss + rate_weight * self.rate_loss(torch.stack(z.chunk(2)))
-        return TwoViewOutput(loss, pred, z, features[: views.shape[1]])
+            t = z.detach() if self.variant == "simsiam" else z
+        return TwoViewOutput(features, z, self.predictor(z), t)
 
 
-# ---------------------------------------------------------------------------------------------- training
-def main(argv: list[str] | None = None) -> int:
-    return launch(
-        TwoViewConfig, train, argv, description=__doc__.splitlines()[0], default_preset="demo",
-        variants=VARIANTS, config_dir=CONFIG_DIR / "two_view", name_prefix="two_view-",
-    )  # fmt: skip
+class Parts(NamedTuple):
+    model: TwoViewNet
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    rate_loss: CodingRateLoss
+    probe: OnlineProbe
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "class_probe": self.probe}
 
 
-def train(cfg: TwoViewConfig, ctx: RunContext, data: CifarData, stop_after: int | None) -> int:
-    device = ctx.device
-    images, labels = data.train.images.to(device), data.train.labels.to(device)
-    loop = TrainingLoop(ctx, len(data.train))
-    steps, per_epoch = loop.total_steps, loop.steps_per_epoch
-    loop.write(f"run {ctx.run.path}: {data.description} | {cfg.variant} | {steps} steps of {cfg.batch_size}")
+def build(cfg: TwoViewConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
+    model = TwoViewNet(cfg, total_steps).to(info.device)
+    head = nn.Linear(model.feature_dim, num_classes).to(info.device)
+    return Parts(
+        model,
+        wrap(model, info, cfg.compile),
+        build_optimizer(model, cfg.optim),
+        cfg.rate.loss(info.distributed),
+        OnlineProbe(head, lr=cfg.probe.lr, weight_decay=cfg.probe.weight_decay),
+    )
 
-    rate_loss = cfg.rate.loss(gather_distributed=ctx.dist.distributed)
-    model = TwoViewNet(cfg, steps, rate_loss).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    weight_of = rate_schedule(cfg.rate, steps, per_epoch)
-    net = loop.wrap(model)
-    probe = linear_classifier(model.feature_dim, data.num_classes, cfg.probe, device)
-    loop.restore({"model": model, "optimizer": optimizer, "class_probe": probe})
 
-    def train_step(idx: Tensor, step: int, timing: bool) -> StepOutput:
-        lr = set_learning_rate(optimizer, learning_rate(cfg.optim, step, steps, per_epoch))
-        idx = idx.to(device)
-        x = images[idx].float().div_(255)
-        views = torch.stack([normalize(augment(x, cfg.augment)) for _ in range(2)])
-        weight = weight_of(step) if cfg.variant == "rate" else 0.0
-        tau = model.target.current_decay() if model.target is not None else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            out: TwoViewOutput = net(views, weight)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()  # type: ignore[no-untyped-call]
-        if cfg.optim.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        if model.target is not None:
-            model.target.update()
-        z = torch.stack(out.projections.float().chunk(2))
-        parts = rate_loss.last if cfg.variant == "rate" else rate_loss.observe(z)
-        if parts is None:
-            raise RuntimeError("the coding rate recorded nothing in a training step")
-        metrics: dict[str, Tensor | float] = {
-            "loss": out.loss.detach(),
-            "pred_loss": out.prediction_loss.detach(),
-        }
-        if tau is not None:
-            metrics["tau"] = tau
-        metrics.update(rate=parts.rate, norm_rate=parts.normalized_rate, rate_weight=weight, lr=lr)
-        metrics["probe_class_loss"] = probe.step(out.features, labels[idx])
-        return StepOutput(metrics, time_rate(rate_loss, device) if timing else None)
+# ------------------------------------------------------------------------------------------- train step
+def train_step(cfg: TwoViewConfig, parts: Parts, images: Tensor, labels: Tensor, w: float) -> dict[str, Any]:
+    """One optimization step on a batch of uint8 ``images``; returns its metrics."""
+    x = images.float().div_(255)
+    views = torch.stack([normalize(augment(x, cfg.augment)) for _ in range(2)])
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        out = parts.net(views)
+        (p1, p2), (t1, t2) = out.p.chunk(2), out.t.chunk(2)
+        pred_loss = 0.5 * (prediction_loss(p1, t2) + prediction_loss(p2, t1))
+    z = torch.stack(out.z.float().chunk(2))  # (2, B, d): the rate of each view, in one batched call
+    with torch.set_grad_enabled(cfg.variant == "rate"):  # logged for every variant
+        terms = parts.rate_loss.forward_components(z)
+    loss = pred_loss - w * terms.rate
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    if cfg.optim.grad_clip is not None:
+        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip)
+    parts.optimizer.step()
+    target = parts.model.target
+    tau = {"tau": target.current_decay()} if target is not None else {}
+    if target is not None:
+        target.update()
+    return {
+        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
+        "norm_rate": terms.normalized_rate.detach(), "rate_weight": w, "rate_shape": tuple(z.shape),
+        "probe_class_loss": parts.probe.step(out.features[: len(images)], labels),
+    }  # fmt: skip
 
-    @torch.no_grad()
-    def encode(split_images: Tensor) -> dict[str, Tensor]:
-        """Encoder features and projections of the unaugmented images, in eval mode."""
-        model.eval()
 
-        def batch(idx: Tensor) -> dict[str, Tensor]:
-            x = normalize(split_images[idx.to(device)])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                h = model.encoder(x)
-                return {"encoder": h.float(), "projection": model.projector(h).float()}
+# ------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def encode(cfg: TwoViewConfig, model: TwoViewNet, images: Tensor) -> dict[str, Tensor]:
+    """Encoder features and projections of the unaugmented images, in eval mode."""
 
-        try:
-            return collect_features(batch, split_images.shape[0], cfg.eval.batch_size)
-        finally:
-            model.train()
+    def batch(idx: Tensor) -> dict[str, Tensor]:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            h = model.encoder(normalize(images[idx.to(images.device)]))
+            return {"encoder": h.float(), "projection": model.projector(h).float()}
 
-    test_images = data.test.images.to(device)
+    return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
-    def end_of_epoch(epoch: int) -> dict[str, Any]:
-        f = encode(test_images)
-        record: dict[str, Any] = {
-            "online.linear_acc": accuracy(probe.predict(f["encoder"].to(device)).cpu(), data.test.labels)
-        }
-        record.update(loop.diagnose(epoch, f))
-        return record
 
-    def offline() -> dict[str, Any]:
-        train_f, test_f = encode(images), encode(test_images)
-        return {
-            "encoder": classification_metrics(
-                train_f["encoder"], data.train.labels, test_f["encoder"], data.test.labels, data.num_classes,
-                cfg.eval, device,
+def evaluate_epoch(
+    cfg: TwoViewConfig, parts: Parts, data: CifarData, progress: Progress, epoch: int
+) -> dict[str, Any]:
+    device = parts.probe.head.weight.device  # type: ignore[union-attr]
+    f = encode(cfg, parts.model, data.test.images.to(device))
+    record: dict[str, Any] = {
+        "online.linear_acc": accuracy(parts.probe.predict(f["encoder"].to(device)), data.test.labels)
+    }
+    return {**record, **collapse_diagnostics(f, progress.write, epoch)}
+
+
+# ---------------------------------------------------------------------------------------- the training run
+def prepare(cfg: TwoViewConfig, resume: Path | None, overwrite: bool) -> Setup:
+    info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
+    per_epoch = len(data.train) // cfg.batch_size
+    parts, meter = build(cfg, cfg.epochs * per_epoch, data.num_classes, info), Meter(info.device)
+    if checkpoint is not None:
+        restore(run.checkpoint, checkpoint["state"], {**parts.state(), "meter": meter})
+    start = int(checkpoint["step"]) if checkpoint is not None else 0
+    run.begin(cfg, start, overwrite=overwrite)
+    return Setup(info, data, run, parts, meter, start, cfg.epochs * per_epoch, per_epoch)
+
+
+def train(cfg: TwoViewConfig, s: Setup, stop_after: int | None) -> int | None:
+    """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
+    run, parts, meter, device = s.run, s.parts, s.meter, s.info.device
+    images, labels = s.data.train.images.to(device), s.data.train.labels.to(device)
+    progress = Progress(s.total, s.start, cfg.log_every, enabled=s.info.is_main)
+    progress.write(
+        f"run {run.path}: {s.data.description} | {cfg.variant} | {s.total} steps of {cfg.batch_size}"
+    )
+    with StopRequest() as stop:
+        for step in range(s.start, s.total):
+            torch.manual_seed(mix_seed(cfg.seed, step, 1 + s.info.rank))  # the augmentations of this step
+            idx = batch_indices(
+                len(images), cfg.batch_size, cfg.seed, step, s.info.rank, s.info.world_size
+            ).to(device)
+            for group in parts.optimizer.param_groups:
+                group["lr"] = lr = learning_rate(cfg.optim, step, s.total, s.per_epoch)
+            w = rate_weight(cfg.rate, step, s.total, s.per_epoch) if cfg.variant == "rate" else 0.0
+            timing, began = meter.timing_due(step, s.total, cfg.timing_every), time.perf_counter()
+            metrics = train_step(cfg, parts, images[idx], labels[idx], w)
+            meter.step_done(began, timing, parts.rate_loss, metrics.pop("rate_shape"))
+            last_of_log, last_of_epoch = (
+                (step + 1) % cfg.log_every == 0 or step + 1 == s.total,
+                (step + 1) % s.per_epoch == 0,
             )
-        }  # fmt: skip
+            shown = run.log_step(meter, step, s.per_epoch, {**metrics, "lr": lr}, last_of_log)
+            progress.update(
+                cfg.batch_size, {k: v for k, v in shown.items() if k in ("loss", "rate", "lr", "tau")}
+            )
+            if last_of_epoch:
+                record = run.epoch_record(meter, step + 1, s.per_epoch)
+                record.update(
+                    evaluate_epoch(cfg, parts, s.data, progress, record["epoch"]) if s.info.is_main else {}
+                )
+                run.log_epoch(record, meter, cfg.epochs, progress)
+            stopping = any_rank(stop.signal_name is not None or step + 1 == stop_after, device)
+            if last_of_epoch or stopping or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0):
+                run.save(step + 1, cfg, meter, parts.state())
+            if stopping:
+                return run.stopped(progress, stop.signal_name, step + 1)
+    progress.close()
+    return None
 
-    return loop.finish(
-        loop.run(train_step, end_of_epoch, stop_after=stop_after),
-        model=model, data=data.description, representations=("encoder", "projection"), offline=offline,
-        step_keys=STEP_PLOTS, epoch_keys=EPOCH_PLOTS,
-    )  # fmt: skip
+
+def finish(cfg: TwoViewConfig, s: Setup) -> None:
+    """Linear probe and k-NN on frozen encoder features (rank 0), then the summary, plots and report."""
+    offline, model, data, device = None, s.parts.model, s.data, s.info.device
+    if s.info.is_main and cfg.eval.offline:
+        print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
+        train, test = (
+            encode(cfg, model, split.images.to(device))["encoder"] for split in (data.train, data.test)
+        )
+        metrics = classification_metrics(
+            train, data.train.labels, test, data.test.labels, data.num_classes, cfg.eval, device
+        )
+        offline = {"encoder": metrics}
+    finish_run(cfg, s, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_config(
+        TwoViewConfig,
+        argv,
+        description=__doc__.splitlines()[0],
+        variants=list(VARIANTS),
+        config_dir=CONFIG_DIR / "two_view",
+        name_prefix="two_view-",
+    )
+    with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
+        setup = prepare(cfg, args.resume, args.overwrite)
+        code = train(cfg, setup, args.stop_after)
+        if code is None:
+            finish(cfg, setup)
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
-"""Batched, on-device SimCLR-style augmentations for two-view methods (no per-sample Python or PIL work).
+"""Batched, on-device SimCLR-style augmentations of the two-view example (no per-image Python or PIL).
 
-:func:`two_view_augment` draws, independently for every image: a random resized crop (area fraction in
-``[crop_min_scale, 1]``, aspect ratio in ``[3/4, 4/3]``) with an optional horizontal flip, folded into one
-affine ``grid_sample``; then, with probability ``jitter_prob``, brightness, contrast and saturation factors
-in ``[1 - jitter, 1 + jitter]`` (in that order); then grayscale with probability ``grayscale_prob``. All
-randomness comes from the global RNG of the images' device (the training loop reseeds it every step) or
-from an explicit ``generator``.
+:func:`augment` draws for every image a random resized crop (area fraction in ``[crop_min_scale, 1]``,
+aspect ratio in ``[3/4, 4/3]``) with an optional flip, as one affine ``grid_sample``; then, with probability
+``jitter_prob``, brightness, contrast and saturation factors in ``[1 - jitter, 1 + jitter]``; then grayscale
+with probability ``grayscale_prob``. It draws from the device's global RNG (reseeded every step) or a
+``generator``.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_range
-
-__all__ = ["AugmentConfig", "augment", "grayscale"]
+from common.config import check_range
 
 # ITU-R BT.601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
@@ -27,15 +24,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation strengths; nest it in a trainer config as ``augment``.
-
-    Args:
-        crop_min_scale: Smallest area fraction of a random resized crop (1 disables cropping).
-        flip: Flip half of the images horizontally.
-        jitter: Strength of the brightness / contrast / saturation jitter (0 disables it).
-        jitter_prob: Probability of jittering an image.
-        grayscale_prob: Probability of turning an image gray.
-    """
+    """Augmentation strengths (see the module docstring); ``crop_min_scale=1``, ``jitter=0`` turn one off."""
 
     crop_min_scale: float = 0.2
     flip: bool = True
@@ -46,14 +35,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_min_scale <= 1.0:
             raise ValueError(f"augment.crop_min_scale must lie in (0, 1], got {self.crop_min_scale}")
-        check_range(
-            "augment.",
-            0,
-            1,
-            jitter=self.jitter,
-            jitter_prob=self.jitter_prob,
-            grayscale_prob=self.grayscale_prob,
-        )
+        check_range(self, "augment.", 0, 1, "jitter jitter_prob grayscale_prob")
 
 
 def grayscale(images: Tensor) -> Tensor:
@@ -105,18 +87,7 @@ def _jitter(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | Non
 
 
 def augment(images: Tensor, cfg: AugmentConfig, *, generator: torch.Generator | None = None) -> Tensor:
-    """One random view of each image (see the module docstring).
-
-    Args:
-        images: ``(N, 3, H, W)`` floating images in ``[0, 1]`` (convert uint8 with ``x / 255``).
-        cfg: Augmentation strengths.
-        generator: Source of randomness on ``images.device``; ``None`` uses the global RNG.
-
-    Returns:
-        ``(N, 3, H, W)`` augmented images in ``[0, 1]``.
-
-    Raises:
-        ValueError: ``images`` is not a floating ``(N, 3, H, W)`` batch.
+    """One random view of each of ``images``, floats ``(N, 3, H, W)`` in ``[0, 1]`` (the module docstring).
 
     Examples:
         >>> x = torch.rand(8, 3, 32, 32)
@@ -127,10 +98,6 @@ def augment(images: Tensor, cfg: AugmentConfig, *, generator: torch.Generator | 
         >>> augment(x, identity).allclose(x, atol=1e-5)
         True
     """
-    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(
-            f"images must be floating (N, 3, H, W) in [0, 1], got {images.dtype} {tuple(images.shape)}"
-        )
     out = _crop_flip(images, cfg, generator)
     if cfg.jitter > 0 and cfg.jitter_prob > 0:
         out = _jitter(out, cfg, generator)

@@ -1,134 +1,111 @@
-"""Atomic checkpoints loadable with ``weights_only=True``, and RNG states stored as tensors.
+"""Checkpoints: atomic writes, ``weights_only`` loads, and checks that name the file and what is wrong.
 
-A checkpoint is written to a temporary file in the destination folder, flushed and fsynced, then moved over
-the destination with ``os.replace`` (atomic on POSIX and Windows; see :func:`common.atomic.atomic_write`), so
-a crash or Ctrl-C mid-write leaves the previous checkpoint intact and no temporary file behind. Loading uses
-``torch.load(weights_only=True)``, which unpickles only tensors and plain containers/scalars: checkpoints
-must hold ``state_dict()`` s, ints, floats, strings, ``None``, and lists/tuples/dicts of those (convert
-configs with ``config_to_dict``), never arbitrary objects.
+A file is written to ``.<name>.<pid>.tmp`` beside its destination (fsynced, for a checkpoint), then moved
+over it with ``os.replace``: a crash leaves the old file whole, and the temporary a kill may leave is removed
+when the run starts or resumes. A checkpoint holds state dicts, numbers, strings and containers only.
 """
 
 from __future__ import annotations
 
-import random
-import warnings
+import contextlib
+import io
+import os
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 
-from .atomic import atomic_write
+#: What every checkpoint of the example trainers holds.
+REQUIRED = ("step", "config", "state")
 
-__all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "seed_all", "set_rng_state"]
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot be resumed from; the message is one line naming the file."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Saves ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``), with
-    the permissions of an ordinary new file (``0o666`` less the umask).
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
 
-    Args:
-        state: Tensors, numbers, strings, ``None`` and containers of them.
-        path: Destination, e.g. ``runs/<name>/last.pt``; its folder is created if needed.
+    def load_state_dict(self, state: Any, /) -> Any: ...
 
-    Returns:
-        ``path`` as a ``Path``.
 
-    Raises:
-        Exception: Whatever serialization or the file system raised; the temporary file is removed and an
-            existing checkpoint at ``path`` is left untouched.
+def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (see the module); ``durable``
+    fsyncs it first, so that it also survives a power loss.
 
     Examples:
-        >>> import tempfile, pathlib
-        >>> folder = pathlib.Path(tempfile.mkdtemp())
-        >>> p = save_checkpoint({"step": 3, "w": torch.ones(2)}, folder / "last.pt")
-        >>> load_checkpoint(p)["step"]
-        3
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> atomic_write(target, b"done"); target.read_bytes(), [p.name for p in target.parent.iterdir()]
+        (b'done', ['a.txt'])
     """
-    path = Path(path)
-    with atomic_write(path, "wb", durable=True) as handle:
-        torch.save(state, handle)
-    return path
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Loads a checkpoint with ``torch.load(..., weights_only=True)``.
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Deletes the temporaries that a killed :func:`atomic_write` left in ``folder``; returns them."""
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
 
-    Args:
-        path: The checkpoint file.
-        map_location: Where tensors are placed (default CPU; ``load_state_dict`` moves them to the model).
 
-    Returns:
-        The saved dictionary.
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue(), durable=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Loads and checks a checkpoint of these trainers.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        TypeError: The file does not hold a dictionary.
+        ResumeError: The file is missing, empty, unreadable, or lacks an entry of :data:`REQUIRED`.
     """
-    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: '{path}'")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+        raise ResumeError(f"cannot resume '{path.parent}': it has no checkpoint {path.name}")
+    if path.stat().st_size == 0:
+        raise ResumeError(f"cannot resume from {path}: the file is empty (a write that never finished?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as err:
+        why = " ".join(str(err).split()) or type(err).__name__
+        raise ResumeError(f"cannot resume from {path}: it cannot be loaded ({why[:300]})") from None
     if not isinstance(state, dict):
-        raise TypeError(f"checkpoint '{path}' holds a {type(state).__name__}, expected a dict")
-    return state
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Captures the torch (CPU and every CUDA device), NumPy and Python RNG states as tensors and scalars.
-
-    Examples:
-        >>> state = get_rng_state()
-        >>> a = torch.rand(1); set_rng_state(state); torch.equal(a, torch.rand(1))
-        True
-    """
-    version, mt_state, gauss = random.getstate()
-    # NumPy's legacy global RNG is what third-party code draws from when it uses np.random directly.
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)  # noqa: NPY002
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "name": str(np_name),
-            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
-        },
-    }
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores states captured by :func:`get_rng_state`.
-
-    CUDA states are restored only when as many devices are visible as were saved; otherwise they are skipped
-    with a warning (e.g. a GPU run resumed on another machine), and the run is no longer bit-reproducible.
-    """
-    torch.set_rng_state(state["torch"])
-    cuda_states = list(state.get("cuda", []))
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if cuda_states and count == len(cuda_states):
-        torch.cuda.set_rng_state_all(cuda_states)
-    elif cuda_states:
-        warnings.warn(
-            f"checkpoint has RNG states for {len(cuda_states)} CUDA devices but {count} are visible; "
-            "CUDA RNG states not restored",
-            stacklevel=2,
+        raise ResumeError(
+            f"cannot resume from {path}: it holds a {type(state).__name__}, not a checkpoint dict"
         )
-    if "python" in state:
-        py = state["python"]
-        random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    if "numpy" in state:
-        npy = state["numpy"]
-        keys = npy["keys"].numpy().astype(np.uint32)
-        legacy = (npy["name"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["gauss"]))
-        np.random.set_state(legacy)  # noqa: NPY002
+    if missing := [k for k in REQUIRED if k not in state]:
+        raise ResumeError(
+            f"cannot resume from {path}: not a checkpoint of this trainer (no '{missing[0]}' entry)"
+        )
+    return state
 
 
-def seed_all(seed: int) -> None:
-    """Seeds torch (CPU and CUDA), NumPy and Python's ``random`` with ``seed``."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.manual_seed(seed)
+def restore(path: Path, saved: Mapping[str, Any], objects: Mapping[str, Stateful]) -> None:
+    """Loads ``saved[name]`` into each of ``objects`` (model, optimizer, probes, meter).
+
+    Raises:
+        ResumeError: An entry is missing or does not fit (another architecture or size), naming it.
+    """
+    for name, obj in objects.items():
+        if name not in saved:
+            raise ResumeError(f"cannot resume from {path}: it has no state for '{name}'")
+        try:
+            obj.load_state_dict(saved[name])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+            why = " ".join(str(err).split())
+            raise ResumeError(f"cannot resume from {path}: its '{name}' does not fit: {why[:400]}") from None

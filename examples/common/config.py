@@ -1,393 +1,365 @@
-"""Typed dataclass configs: YAML presets, ``--set key=value`` overrides, and dumps.
+"""Typed configs with OmegaConf: a dataclass schema, YAML presets and dotted ``--set`` overrides.
 
-A config is a (possibly frozen) dataclass whose fields are ``bool``, ``int``, ``float``, ``str``, ``Literal``,
-``Optional``/unions of these, ``tuple``/``list`` of them, or nested config dataclasses. Nested fields are
-addressed with dotted keys (``data.train_npz``) both in ``--set`` and, optionally, in YAML; a YAML preset may
-also nest them as mappings. Resolution order: the dataclass defaults, then the preset, then each override in
-order. Every value is checked against its field's type (strings are coerced: ``true/false/yes/no/on/off/1/0``
-for bools, ``none``/``null``/``~``/empty for ``None``, ``1,2,3`` or ``[1, 2, 3]`` for sequences), and an
-unknown key is an error that names it and suggests the closest valid one.
-Path fields (:func:`common.paths.path_field`) are recorded as absolute paths; see :mod:`common.paths`.
+A trainer's config is a frozen dataclass tree (:class:`RunConfig` plus the method's groups). The value is
+built as ``schema defaults <- preset YAML <- --set key=value ...`` by :func:`omegaconf.OmegaConf.merge`,
+which checks every key and type; :meth:`RunConfig.__post_init__` checks the ranges. Every failure is one
+line naming the key. Relative data paths in a preset are taken from the repository root, those given with
+``--set`` from the working directory; both are recorded as absolute paths.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
-import json
-import types
-import typing
-from collections.abc import Mapping, Sequence
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from .paths import REPO_ROOT, absolute_path, is_path_field
+from jepa_rate import CodingRateLoss
 
-__all__ = [
-    "CONFIG_DIR",
-    "REPO_ROOT",
-    "ConfigError",
-    "add_config_arguments",
-    "apply_overrides",
-    "config_from_args",
-    "config_keys",
-    "config_to_dict",
-    "dump_config",
-    "load_config",
-    "parse_overrides",
-    "resolve_preset",
-]
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+REPO_ROOT = CONFIG_DIR.parents[1]
+PATH_KEYS = ("data.train_npz", "data.test_npz", "data.data_dir")
+C = TypeVar("C", bound="RunConfig")
 
-#: Where named presets live: ``examples/configs/<name>.yaml``.
-CONFIG_DIR: Path = Path(__file__).resolve().parent.parent / "configs"
 
-C = TypeVar("C")
+def check_min(cfg: Any, prefix: str, minimum: float, names: str, reason: str = "") -> None:
+    """Raises ``ValueError`` naming ``<prefix><name>`` for the first of ``names`` below ``minimum``.
 
-_TRUE = {"true", "1", "yes", "on", "y"}
-_FALSE = {"false", "0", "no", "off", "n"}
-_NONE = {"none", "null", "~", ""}
+    Examples:
+        >>> check_min(ProbeConfig(), "probe.", 300, "hidden")
+        Traceback (most recent call last):
+        ...
+        ValueError: probe.hidden must be >= 300, got 256
+    """
+    for name in names.split():
+        value = getattr(cfg, name)
+        if value is not None and not value >= minimum:
+            raise ValueError(f"{prefix}{name} must be >= {minimum}, got {value!r}{reason}")
+
+
+def check_range(cfg: Any, prefix: str, low: float, high: float, names: str, open_high: bool = False) -> None:
+    """Raises ``ValueError`` naming the first of ``names`` outside ``[low, high]`` (``[low, high)``)."""
+    for name in names.split():
+        v = getattr(cfg, name)
+        if v is not None and not (math.isfinite(v) and low <= v and (v < high if open_high else v <= high)):
+            raise ValueError(
+                f"{prefix}{name} must lie in [{low}, {high}{')' if open_high else ']'}, got {v!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from (see :func:`common.data.load_cifar10`): ``train_npz``, else the torchvision
+    root ``data_dir``, else the embedded subset; the evaluation split is ``test_npz``, the official test split
+    of ``data_dir``, or a seeded class-balanced ``holdout`` of the training images (default 10%).
+    ``train_size`` / ``test_size`` draw class-balanced subsets; ``split_seed`` seeds those draws."""
+
+    train_npz: str | None = None
+    test_npz: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    holdout: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_min(self, "data.", 0, "holdout train_size test_size")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation of frozen features after training (``offline``): linear probe (L-BFGS, its L2 penalty
+    chosen among ``linear_weight_decays`` on a validation part of the training features), k-NN, and an MLP
+    regressor for the rotation R². ``seed`` fixes the evaluation views and every draw of the evaluation."""
+
+    offline: bool = True
+    batch_size: int = 500
+    knn_k: int = 20
+    linear_weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    linear_max_iter: int = 300
+    regressor_hidden: int = 128
+    regressor_steps: int = 300
+    regressor_lr: float = 3e-3
+    regressor_max_train: int = 10_000
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        check_min(self, "eval.", 1, "batch_size knn_k linear_max_iter regressor_hidden regressor_steps")
+        check_min(self, "eval.", 2, "regressor_max_train")
+        if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
+            raise ValueError(
+                f"eval.linear_weight_decays must be non-empty and >= 0, got {self.linear_weight_decays}"
+            )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer and its learning rate: linear warmup, then a half-cosine to ``min_lr``, evaluated at
+    every step (``schedule_unit=step``) or held for each epoch (``epoch``). ``adam`` applies the weight decay
+    as an L2 term, ``adamw`` decoupled; norms, biases and learned tokens are never decayed."""
+
+    name: Literal["adamw", "adam"] = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 1.0
+    schedule_unit: Literal["step", "epoch"] = "step"
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_min(self, "optim.", 0, "lr min_lr weight_decay warmup_epochs")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        check_min(self, "optim.", 1e-12, "grad_clip")
+
+
+@dataclass(frozen=True)
+class RateConfig:
+    """The coding-rate term ``- weight * R(z)`` of the loss: its weight (``constant``; ``warmup``: linear from
+    0 over ``warmup_epochs``; ``warmup_cosine``: then a half-cosine to ``final_weight``) and the settings of
+    :class:`jepa_rate.CodingRateLoss` (exactly one of ``eps`` and ``alpha``)."""
+
+    weight: float = 0.06
+    schedule: Literal["constant", "warmup", "warmup_cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    final_weight: float = 0.0
+    eps: float | None = None
+    alpha: float | None = 1.0
+    center: bool = True
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "warmup_epochs", "final_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"rate.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if (self.eps is None) == (self.alpha is None):
+            raise ValueError(
+                f"set exactly one of rate.eps and rate.alpha, got eps={self.eps}, alpha={self.alpha}"
+            )
+        for name in ("eps", "alpha"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"rate.{name} must be a finite number > 0, got {value!r}")
+
+    def loss(self, distributed: bool) -> CodingRateLoss:
+        """The rate (of the global batch under DDP); its own weight stays 1: the trainers apply ``weight``."""
+        return CodingRateLoss(eps=self.eps, alpha=self.alpha, center=self.center, normalize=self.normalize,
+                              gather_distributed=distributed)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Online probes: Adam learning rate and weight decay, hidden width of MLP probes."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    hidden: int = 256
+
+    def __post_init__(self) -> None:
+        check_min(self, "probe.", 0, "weight_decay")
+        check_min(self, "probe.", 1, "hidden")
+        check_min(self, "probe.", 1e-12, "lr")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings every trainer shares; a trainer subclasses it with ``variant`` and its model's groups.
+
+    ``batch_size`` is global (over DDP ranks); ``bf16`` autocasts the model (the coding rate stays float32);
+    ``ckpt_every`` adds checkpoints between epoch ends; ``timing_every`` times the rate's share of a step.
+    """
+
+    name: str | None = None
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    epochs: int = 10
+    batch_size: int = 256
+    bf16: bool = False
+    compile: bool = False
+    log_every: int = 10
+    ckpt_every: int = 0
+    timing_every: int = 50
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rate: RateConfig = field(default_factory=RateConfig)
+
+    #: Keys a ``--resume`` may change (``group.*``: all of the group): they shape neither the saved state nor
+    #: the data, and include the remedies for a NaN loss.
+    RESUME_MUTABLE: ClassVar[tuple[str, ...]] = (
+        "device", "compile", "bf16", "log_every", "ckpt_every", "timing_every",
+        "optim.lr", "optim.min_lr", "optim.warmup_epochs", "optim.grad_clip", "rate.*", "eval.*",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        bad_name = self.name is not None and (
+            self.name.strip() in ("", ".", "..") or set("/\\\0") & set(self.name)
+        )
+        if bad_name:
+            raise ValueError(
+                f"name must be a single folder name (no path separator, not '.' or '..'), got {self.name!r}"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {self.device!r}")
+        check_min(self, "", 1, "epochs log_every")
+        check_min(self, "", 2, "batch_size", " (BatchNorm needs 2 images per batch)")
+        check_min(self, "", 0, "ckpt_every timing_every")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
+
+    def validate(self) -> None:
+        """Checks across keys, once the config is complete (raises ``ValueError``)."""
 
 
 class ConfigError(ValueError):
-    """A bad preset, key or value; the message names it."""
+    """A bad preset, key or value; the message is one line that names it."""
 
 
-def _fields(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts / lists / scalars (YAML, JSON and checkpoint safe)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
-def _is_config(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def config_keys(cls: type) -> list[str]:
-    """All dotted leaf keys of config class ``cls``, in field order.
-
-    Examples:
-        >>> from common.data import DataConfig
-        >>> config_keys(DataConfig)[:3]
-        ['train_npz', 'test_npz', 'data_dir']
-    """
-    keys: list[str] = []
-    for name, tp in _fields(cls).items():
-        if _is_config(tp):
-            keys.extend(f"{name}.{sub}" for sub in config_keys(tp))
-        else:
-            keys.append(name)
-    return keys
-
-
-def _unknown(key: str, cls: type, where: str) -> ConfigError:
-    valid = config_keys(cls)
-    guess = [k for k in valid if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
-    guess = guess or difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{guess[0]}'?" if guess else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown config key '{key}' in {where}{hint}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks ``value`` against ``tp``, converting strings (from ``--set``) and YAML scalars."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    bad = ConfigError(f"config key '{key}': cannot use {value!r} as {_type_name(tp)}")
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (
-            isinstance(value, str) and value.strip().lower() in _NONE and type(None) in args
-        ):
-            if type(None) in args:
-                return None
-            raise bad
-        for arm in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arm, key)
-            except ConfigError:
-                continue
-        raise bad
-    if origin is typing.Literal:
-        for choice in args:
-            if value == choice or (isinstance(value, str) and str(choice) == value.strip()):
-                return choice
-        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(repr, args))}")
-    if origin in (tuple, list):
-        items = value
-        if isinstance(value, str):
-            # "[1, 2]" is parsed as YAML, "1,2" split on commas; an empty string is an empty sequence.
-            text = value.strip()
-            try:
-                items = (
-                    yaml.safe_load(text)
-                    if text.startswith("[")
-                    else [p for p in text.split(",") if p.strip()]
-                )
-            except yaml.YAMLError:
-                raise bad from None
-        if not isinstance(items, (list, tuple)):
-            raise bad
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(items) != len(args):
-                raise ConfigError(
-                    f"config key '{key}': expected {len(args)} items, got {len(items)} ({value!r})"
-                )
-            return tuple(_coerce(v, a, key) for v, a in zip(items, args, strict=True))
-        elem = args[0] if args else Any
-        out = [_coerce(v.strip() if isinstance(v, str) else v, elem, key) for v in items]
-        return tuple(out) if origin is tuple else out
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                try:
-                    number = float(value)
-                except ValueError:
-                    raise bad from None
-                if number.is_integer():
-                    return int(number)
-        raise bad
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    raise ConfigError(f"config key '{key}': unsupported field type {_type_name(tp)}")
-
-
-def _flatten(
-    mapping: Mapping[str, Any], cls: type, where: str, root: type, prefix: str = ""
-) -> list[tuple[str, Any]]:
-    """Turns a (nested) mapping into ``(dotted_key, value)`` leaves, rejecting unknown keys."""
-    items: list[tuple[str, Any]] = []
-    fields = _fields(cls)
-    for raw_key, value in mapping.items():
-        key = str(raw_key)
-        head, _, rest = key.partition(".")
-        if head not in fields:
-            raise _unknown(prefix + key, root, where)
-        tp = fields[head]
-        if _is_config(tp):
-            if rest:
-                items.extend(_flatten({rest: value}, tp, where, root, prefix + head + "."))
-            elif isinstance(value, Mapping):
-                items.extend(_flatten(value, tp, where, root, prefix + head + "."))
-            else:
-                raise ConfigError(f"config key '{prefix + key}' is a group: give a mapping or set its fields")
-        elif rest:
-            raise _unknown(prefix + key, root, where)
-        else:
-            items.append((prefix + key, value))
-    return items
-
-
-def _set(cfg: Any, path: list[str], value: Any, key: str, base: Path | None = None) -> Any:
-    tp = _fields(type(cfg))[path[0]]
-    if len(path) > 1:
-        new = _set(getattr(cfg, path[0]), path[1:], value, key, base)
-    else:
-        new = _coerce(value, tp, key)
-        if base is not None and isinstance(new, str) and new and is_path_field(type(cfg), path[0]):
-            new = absolute_path(new, base)
-    try:
-        return dataclasses.replace(cfg, **{path[0]: new})
-    except (TypeError, ValueError) as err:
-        # The config's own __post_init__ checks surface here, tagged with the key that triggered them.
-        raise ConfigError(f"config key '{key}' = {value!r}: {err}") from err
-
-
-def _apply(cfg: C, items: list[tuple[str, Any]], base: Path | None = None) -> C:
+def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.001, ...}`` of a config dataclass or a nested dict."""
+    items = cfg.items() if isinstance(cfg, dict) else ((f.name, getattr(cfg, f.name)) for f in fields(cfg))
+    out: dict[str, Any] = {}
     for key, value in items:
-        cfg = _set(cfg, key.split("."), value, key, base)
+        nested = isinstance(value, dict) or is_dataclass(value)
+        out.update(flat_keys(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
+    return out
+
+
+def _one_line(err: Exception, where: str, schema: Any) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0].strip()
+    if msg.startswith("Key '") and "not in" in msg:
+        known = list(flat_keys(schema))
+        guess = difflib.get_close_matches(key, known, n=1, cutoff=0.5) or [
+            k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
+        ]
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        return ConfigError(f"unknown config key '{key}' in {where}{hint}")
+    return ConfigError(f"config key '{key}' in {where}: {msg}" if key else f"{where}: {msg}")
+
+
+def _absolute_paths(conf: DictConfig, base: Path) -> None:
+    for key in PATH_KEYS:
+        value = OmegaConf.select(conf, key, default=None)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            OmegaConf.update(conf, key, os.path.abspath(base / value))
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        conf = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as err:  # duplicate keys included: "found duplicate key K"
+        line = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        raise ConfigError(f"{path}: {err.problem}{line}") from None
+    if not isinstance(conf, DictConfig):
+        raise ConfigError(f"{path}: a preset must be a mapping of keys to values")
+    return conf
+
+
+def _preset_path(preset: str, config_dir: Path) -> Path:
+    path = Path(preset).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        return path
+    if (config_dir / f"{preset}.yaml").is_file():
+        return config_dir / f"{preset}.yaml"
+    names = sorted(p.stem for p in config_dir.glob("*.yaml"))
+    raise ConfigError(f"unknown preset '{preset}' (available in {config_dir}: {', '.join(names)})")
+
+
+def load_config(cls: type[C], source: Path | None, overrides: list[str], saved: bool = False) -> C:
+    """``cls()`` <- the YAML file ``source`` <- ``overrides`` (``key=value``), checked; ``saved``: ``source``
+    is a run's ``config.yaml`` (paths kept as recorded). Raises :class:`ConfigError`."""
+    schema = OmegaConf.structured(cls)
+    layers: list[tuple[DictConfig, str]] = []
+    if source is not None:
+        preset = _load_yaml(source)
+        if not saved:
+            _absolute_paths(preset, REPO_ROOT)
+        layers.append((preset, str(source)))
+    if bad := [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]:
+        raise ConfigError(f"--set {bad[0]!r} must look like key=value")
+    try:
+        dotlist = OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise _one_line(err, "--set", cls()) from None
+    _absolute_paths(dotlist, Path.cwd())
+    layers.append((dotlist, "--set"))
+    conf = schema
+    for layer, where in layers:
+        try:
+            conf = OmegaConf.merge(conf, layer)
+        except OmegaConfBaseException as err:
+            raise _one_line(err, where, cls()) from None
+    try:
+        cfg: C = OmegaConf.to_object(conf)  # type: ignore[assignment]
+        cfg.validate()
+    except (ValueError, TypeError) as err:  # __post_init__ and validate() name the key themselves
+        raise ConfigError(str(err)) from None
     return cfg
 
 
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:
-    """Splits ``["a.b=1", ...]`` into ``[("a.b", "1"), ...]``.
-
-    Raises:
-        ConfigError: An item has no ``=`` or an empty key.
-    """
-    pairs = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like key=value")
-        pairs.append((key.strip(), value))
-    return pairs
-
-
-def apply_overrides(cfg: C, overrides: Sequence[str] | Mapping[str, Any]) -> C:
-    """Returns a copy of ``cfg`` with ``key=value`` overrides (strings) or a mapping of values applied.
-
-    Args:
-        cfg: A config dataclass instance.
-        overrides: ``["lr=3e-4", "data.holdout=none", "betas=0.9,0.95"]`` or ``{"lr": 3e-4}``.
-
-    Raises:
-        ConfigError: Unknown key (with a suggestion), malformed item, or a value of the wrong type.
-
-    Examples:
-        >>> @dataclasses.dataclass(frozen=True)
-        ... class Cfg:
-        ...     lr: float = 1e-3
-        ...     steps: int | None = None
-        >>> apply_overrides(Cfg(), ["lr=3e-4", "steps=100"])
-        Cfg(lr=0.0003, steps=100)
-        >>> try:
-        ...     apply_overrides(Cfg(), ["lrr=1"])
-        ... except ConfigError as err:
-        ...     print(err)
-        unknown config key 'lrr' in --set; did you mean 'lr'?
-    """
-    cls = type(cfg)
-    if isinstance(overrides, Mapping):
-        items = _flatten(overrides, cls, "overrides", cls)
-    else:
-        items = _flatten(dict(parse_overrides(overrides)), cls, "--set", cls)
-    return _apply(cfg, items)
-
-
-def resolve_preset(preset: str | Path, config_dir: str | Path = CONFIG_DIR) -> Path:
-    """Finds a preset: a path to a YAML file, or a name looked up as ``config_dir/<name>.yaml``.
-
-    Raises:
-        ConfigError: No such file (the message lists the available presets).
-    """
-    candidate = Path(preset).expanduser()
-    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
-        if candidate.is_file():
-            return candidate
-        raise ConfigError(f"config file '{candidate}' does not exist")
-    path = Path(config_dir) / f"{preset}.yaml"
-    if path.is_file():
-        return path
-    names = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
-    guess = difflib.get_close_matches(str(preset), names, n=1)
-    hint = f"; did you mean '{guess[0]}'?" if guess else ""
-    raise ConfigError(
-        f"unknown preset '{preset}' (available in {config_dir}: {', '.join(names) or 'none'}){hint}"
-    )
-
-
-def load_config(
+def parse_config(
     cls: type[C],
-    preset: str | Path | None = None,
-    overrides: Sequence[str] = (),
+    argv: list[str] | None,
     *,
-    config_dir: str | Path = CONFIG_DIR,
-    path_base: str | Path | None = REPO_ROOT,
-) -> C:
-    """Builds a config: ``cls()`` defaults, then the YAML preset, then ``--set`` overrides.
-
-    Args:
-        cls: The config dataclass (all fields need defaults).
-        preset: A preset name (``examples/configs/<name>.yaml``), a YAML path, or ``None``.
-        overrides: ``key=value`` strings applied last, in order.
-        config_dir: Where named presets are looked up.
-        path_base: What relative path fields of the preset (:mod:`common.paths`) are relative to (those
-            of ``overrides`` are relative to the working directory); ``None`` keeps the preset's values as
-            they are (a saved run config, whose paths were recorded as given).
-
-    Returns:
-        The resolved config instance.
-
-    Raises:
-        ConfigError: Unknown preset or key (with a suggestion), malformed YAML, or a value of the wrong type.
-    """
-    cfg = cls()
-    if preset is not None:
-        path = resolve_preset(preset, config_dir)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from err
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"{path}: a preset must be a mapping of keys to values, got {type(data).__name__}"
-            )
-        cfg = _apply(cfg, _flatten(data, cls, str(path), cls), None if path_base is None else Path(path_base))
-    return _apply(cfg, _flatten(dict(parse_overrides(overrides)), cls, "--set", cls), Path.cwd())
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as nested plain dicts/lists/scalars (YAML/JSON/checkpoint safe)."""
-    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
-        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
-    return {k: _plain(v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def dump_config(cfg: Any, path: str | Path) -> Path:
-    """Writes the resolved config to ``path``: JSON if it ends in ``.json``, else YAML (loadable as a preset).
-
-    Returns:
-        ``path`` as a ``Path``.
-    """
-    path = Path(path)
-    data = config_to_dict(cfg)
-    if path.suffix == ".json":
-        text = json.dumps(data, indent=2) + "\n"
-    else:
-        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
-    """Adds ``--config NAME_OR_PATH`` and repeatable ``--set KEY=VALUE`` to ``parser``."""
-    parser.add_argument(
-        "--config",
-        default=default_preset,
-        metavar="NAME_OR_PATH",
-        help=f"preset name in {CONFIG_DIR} or a YAML file (default: {default_preset})",
+    description: str,
+    variants: list[str],
+    config_dir: Path = CONFIG_DIR,
+    name_prefix: str = "",
+) -> tuple[C, argparse.Namespace]:
+    """Parses the command line every trainer shares and builds its config; a bad flag, preset, key or value
+    exits with a one-line usage error (code 2)."""
+    presets = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
+    parser = argparse.ArgumentParser(description=description)
+    add = parser.add_argument
+    add("--config", "--preset", default="demo", metavar="PRESET", help=f"{presets}, or a YAML file")
+    add(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. optim.lr=3e-4"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=3e-4 (repeatable; dotted keys for groups)",
-    )
+    add("--variant", choices=variants, help="shorthand for --set variant=...")
+    add("--name", help="run folder name under out_dir (default: <preset>-<variant>)")
+    add("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    add("--stop-after", type=_positive_int, metavar="STEPS", help="save and stop after STEPS global steps")
+    add("--overwrite", action="store_true", help="replace an existing run folder")
+    args = parser.parse_args(argv)
+    overrides = [*([f"variant={args.variant}"] if args.variant else []), *args.overrides]
+    try:
+        if args.resume is not None:
+            saved = args.resume / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"cannot resume '{args.resume}': it has no config.yaml")
+            cfg = load_config(cls, saved, overrides, saved=True)
+        else:
+            cfg = load_config(cls, _preset_path(args.config, config_dir), overrides)
+        if args.name is not None:
+            cfg = replace(cfg, name=args.name)
+    except (ConfigError, ValueError) as err:
+        parser.error(str(err))
+    if cfg.name is None:
+        cfg = replace(cfg, name=f"{name_prefix}{Path(args.config).stem}-{getattr(cfg, 'variant', 'run')}")
+    return cfg, args
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, *, config_dir: str | Path = CONFIG_DIR) -> C:
-    """:func:`load_config` with the ``--config`` and ``--set`` values of :func:`add_config_arguments`."""
-    return load_config(cls, args.config, args.overrides, config_dir=config_dir)
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return int(text)

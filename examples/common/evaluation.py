@@ -1,145 +1,114 @@
-"""Offline evaluation of frozen features: linear probe, k-NN, regression R² and rotation accuracy.
+"""Probes and the evaluation of frozen features, all deterministic given their seeds.
 
-Everything here takes feature tensors already extracted (see :func:`collect_features`) and is deterministic:
-the linear probe is a convex problem solved from zero by full-batch L-BFGS, the k-NN has no randomness, and
-the MLP regressor draws its initial weights from a seeded generator without touching the global RNG.
-
-- **Linear probe**: multinomial logistic regression on standardized features (mean and std of the training
-  features), L2-penalized, trained to convergence. The penalty is chosen from ``linear_weight_decays`` by
-  accuracy on a seeded, class-balanced 10% validation part of the *training* features, then the probe is
-  refit on all training features; the evaluation split is never used for a choice.
-- **k-NN**: cosine similarity, ``k`` nearest training features, majority vote (ties go to the class whose
-  tied neighbours are more similar).
-- **Regression**: R² of each output, averaged uniformly over outputs (scikit-learn's ``r2_score`` with
-  ``multioutput="uniform_average"``); a constant target scores 1 if predicted exactly, else 0.
+- **Online probes** (:class:`OnlineProbe`): small heads trained during training on detached features with
+  their own Adam; under DDP their gradients are averaged so they stay equal on all ranks.
+- **Linear probe**: multinomial logistic regression on standardized features by full-batch L-BFGS from zero
+  (a convex problem); its L2 penalty is chosen on a seeded 10% validation part of the *training* features.
+- **k-NN**: cosine similarity, majority vote, ties to the more similar class.
+- **R²**: averaged over outputs, as scikit-learn's ``r2_score``; the MLP regressor draws its weights from a
+  seeded, forked RNG.
+- **Collapse diagnostics**: RankMe effective rank, normalized std, mean cosine, spectrum.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_min
-from .splits import balanced_split
-
-__all__ = [
-    "ROTATION_SINCOS",
-    "EvalConfig",
-    "LinearProbeResult",
-    "accuracy",
-    "classification_metrics",
-    "collect_features",
-    "fit_mlp_regressor",
-    "knn_accuracy",
-    "linear_probe",
-    "r2_score",
-    "rotation_accuracy",
-    "standardize",
-]
-
-#: ``[sin, cos]`` of ``0, 90, 180, 270`` degrees: the codes of the four rotations, indexed by quarter turns.
-ROTATION_SINCOS = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, -1.0], [-1.0, 0.0]])
+from common.config import EvalConfig
+from common.data import balanced_subset
+from common.views import ROTATION_SINCOS
+from jepa_rate import collapse_metrics
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Settings of the evaluation on frozen features; nest it in a trainer config as ``eval``.
-
-    Args:
-        offline: Run the offline evaluation after training (linear probe, k-NN, rotation R²).
-        batch_size: Images per batch when extracting features.
-        knn_k: Neighbours of the k-NN classifier.
-        linear_weight_decays: L2 penalties tried by the linear probe (one value skips the selection).
-        linear_max_iter: Maximum L-BFGS iterations of the linear probe.
-        regressor_hidden: Hidden width of the MLP regressor (rotation R²).
-        regressor_steps: Full-batch Adam steps of the MLP regressor.
-        regressor_lr: Peak learning rate of the MLP regressor (cosine-decayed to 0).
-        regressor_max_train: At most this many training pairs fit the regressor (a seeded subset).
-        seed: Seed of the evaluation views, the validation split and the regressor initialisation.
-    """
-
-    offline: bool = True
-    batch_size: int = 500
-    knn_k: int = 20
-    linear_weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
-    linear_max_iter: int = 300
-    regressor_hidden: int = 128
-    regressor_steps: int = 300
-    regressor_lr: float = 3e-3
-    regressor_max_train: int = 10_000
-    seed: int = 1234
-
-    def __post_init__(self) -> None:
-        counts = ("batch_size", "knn_k", "linear_max_iter", "regressor_hidden", "regressor_steps")
-        check_min("eval.", 1, **{name: getattr(self, name) for name in counts})
-        if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
-            raise ValueError(
-                f"eval.linear_weight_decays must be non-empty and >= 0, got {self.linear_weight_decays}"
-            )
-        check_min("eval.", 2, regressor_max_train=self.regressor_max_train)
-
-
-def collect_features(
-    fn: Callable[[Tensor], Mapping[str, Tensor]], num_samples: int, batch_size: int
-) -> dict[str, Tensor]:
-    """Calls ``fn`` on consecutive index batches of ``range(num_samples)`` and concatenates its outputs.
-
-    Args:
-        fn: Maps a ``(b,)`` int64 index batch to named ``(b, ...)`` tensors (on any device).
-        num_samples: Dataset size.
-        batch_size: Indices per call.
-
-    Returns:
-        The named outputs for all samples, on the CPU.
+class OnlineProbe:
+    """A head trained step by step on detached inputs: cross-entropy on labels or MSE on float targets.
 
     Examples:
-        >>> out = collect_features(lambda idx: {"x": idx * 2}, 5, 2)
-        >>> out["x"].tolist()
-        [0, 2, 4, 6, 8]
+        >>> probe = OnlineProbe(nn.Linear(4, 3), lr=0.1)
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> first = probe.step(x, y)
+        >>> bool(min(probe.step(x, y) for _ in range(30)) < first)
+        True
     """
+
+    def __init__(self, head: nn.Module, *, lr: float, weight_decay: float = 0.0) -> None:
+        self.head = head
+        self.optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def step(self, x: Tensor, target: Tensor) -> Tensor:
+        """One Adam step; returns the loss before it (detached)."""
+        self.head.train()
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.head(x.detach().float())
+            loss = F.cross_entropy(out, target) if not target.is_floating_point() else F.mse_loss(out, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if dist.is_available() and dist.is_initialized():
+            for p in self.head.parameters():
+                dist.all_reduce(p.grad)  # type: ignore[arg-type]
+                p.grad /= dist.get_world_size()  # type: ignore[operator]
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        self.head.eval()
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())  # type: ignore[no-any-return]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@torch.no_grad()
+def collect_features(
+    model: nn.Module, fn: Callable[[Tensor], Mapping[str, Tensor]], num: int, batch_size: int
+) -> dict[str, Tensor]:
+    """``fn`` on consecutive index batches of ``range(num)`` with ``model`` in eval mode (training mode
+    again afterwards), its named outputs concatenated on the CPU."""
     parts: dict[str, list[Tensor]] = {}
-    for start in range(0, num_samples, batch_size):
-        idx = torch.arange(start, min(start + batch_size, num_samples))
-        for key, value in fn(idx).items():
-            parts.setdefault(key, []).append(value.detach().cpu())
+    model.eval()
+    try:
+        for start in range(0, num, batch_size):
+            for key, value in fn(torch.arange(start, min(start + batch_size, num))).items():
+                parts.setdefault(key, []).append(value.detach().cpu())
+    finally:
+        model.train()
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Share of rows whose arg-max equals the label.
-
-    Examples:
-        >>> accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0]))
-        0.5
-    """
-    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(
-            f"need logits (N, C) and labels (N,), got {tuple(logits.shape)}, {tuple(labels.shape)}"
-        )
-    return float((logits.argmax(dim=1) == labels).double().mean())
+    return float((logits.argmax(dim=1).cpu() == labels.cpu()).double().mean())
 
 
-def standardize(train: Tensor, *others: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
-    """Standardizes ``train`` and ``others`` with the per-feature mean and std of ``train`` (float32)."""
-    train = train.float()
-    mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(eps)
-    return tuple((t.float() - mean) / std for t in (train, *others))
+def _standardize(train: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+    mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(1e-6)
+    return tuple((t - mean) / std for t in (train, *others))
 
 
 def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, max_iter: int) -> nn.Linear:
-    """Multinomial logistic regression by full-batch L-BFGS from zero weights (a convex problem)."""
     head = nn.Linear(x.shape[1], num_classes, device=x.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     optimizer = torch.optim.LBFGS(
-        head.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6, tolerance_change=1e-9,
-    )  # fmt: skip
+        head.parameters(),
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -152,228 +121,55 @@ def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, m
     return head
 
 
-@dataclass(frozen=True)
-class LinearProbeResult:
-    """Accuracies of a linear probe and the L2 penalty it was refit with."""
-
-    train_accuracy: float
-    test_accuracy: float
-    weight_decay: float
-
-
 def linear_probe(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    num_classes: int,
-    *,
-    weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2),
-    max_iter: int = 300,
-    seed: int = 0,
-) -> LinearProbeResult:
-    """Trains a linear classifier on frozen features to convergence and scores it (see the module docstring).
-
-    Args:
-        train_x: ``(N, D)`` training features.
-        train_y: ``(N,)`` int64 labels in ``[0, num_classes)``.
-        test_x: ``(M, D)`` evaluation features.
-        test_y: ``(M,)`` labels.
-        num_classes: Number of classes.
-        weight_decays: L2 penalties to choose from on a validation part of the training features.
-        max_iter: Maximum L-BFGS iterations per fit.
-        seed: Seed of the validation split.
-
-    Returns:
-        Train and test accuracy of the refit probe, and its penalty.
-
-    Raises:
-        ValueError: Mismatched shapes or no penalty to try.
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int, cfg: EvalConfig
+) -> dict[str, float]:
+    """Test accuracy of a logistic regression refit with the penalty that scored best on validation.
 
     Examples:
         >>> x = torch.cat([torch.randn(50, 3) + 4, torch.randn(50, 3) - 4])
         >>> y = torch.arange(2).repeat_interleave(50)
-        >>> linear_probe(x, y, x, y, 2, weight_decays=(1e-3,)).test_accuracy
+        >>> linear_probe(x, y, x, y, 2, EvalConfig())["linear_acc"]
         1.0
     """
-    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(
-            f"features must be (N, D) and (M, D), got {tuple(train_x.shape)}, {tuple(test_x.shape)}"
+    train_x, test_x, decays = train_x.float(), test_x.float(), cfg.linear_weight_decays
+    best = decays[0]
+    if len(decays) > 1:
+        val = balanced_subset(train_y.cpu(), max(num_classes, len(train_y) // 10), cfg.seed).to(
+            train_y.device
         )
-    if train_y.shape != train_x.shape[:1] or test_y.shape != test_x.shape[:1]:
-        raise ValueError(
-            f"labels must match the feature rows: {tuple(train_y.shape)} vs {train_x.shape[0]}, "
-            f"{tuple(test_y.shape)} vs {test_x.shape[0]}"
-        )
-    if not weight_decays:
-        raise ValueError("weight_decays must hold at least one value")
-    best = weight_decays[0]
-    if len(weight_decays) > 1:
-        fit_idx, val_idx = balanced_split(train_y.cpu(), max(num_classes, len(train_y) // 10), seed)
-        xf, xv = standardize(train_x[fit_idx], train_x[val_idx])
-        scores = []
-        for wd in weight_decays:
-            head = _fit_logistic(xf, train_y[fit_idx], num_classes, wd, max_iter)
-            with torch.no_grad():
-                scores.append(accuracy(head(xv), train_y[val_idx]))
-        # The first of equally good penalties (the smallest, when given in increasing order) wins.
-        best = weight_decays[max(range(len(scores)), key=lambda i: (scores[i], -i))]
-    xtr, xte = standardize(train_x, test_x)
-    head = _fit_logistic(xtr, train_y, num_classes, best, max_iter)
+        fit = torch.ones(len(train_y), dtype=torch.bool, device=train_y.device)
+        fit[val] = False
+        xf, xv = _standardize(train_x[fit], train_x[val])
+        scores = [
+            accuracy(
+                _fit_logistic(xf, train_y[fit], num_classes, wd, cfg.linear_max_iter)(xv).detach(),
+                train_y[val],
+            )
+            for wd in decays
+        ]
+        best = decays[max(range(len(scores)), key=lambda i: (scores[i], -i))]  # ties: the first
+    xtr, xte = _standardize(train_x, test_x)
+    head = _fit_logistic(xtr, train_y, num_classes, best, cfg.linear_max_iter)
     with torch.no_grad():
-        return LinearProbeResult(accuracy(head(xtr), train_y), accuracy(head(xte), test_y), best)
+        return {
+            "linear_acc": accuracy(head(xte), test_y),
+            "linear_train_acc": accuracy(head(xtr), train_y),
+            "linear_weight_decay": best,
+        }
 
 
-def knn_accuracy(
-    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, k: int = 20, chunk: int = 1024
-) -> float:
-    """k-NN classification accuracy with cosine similarity and majority vote (see the module docstring).
-
-    Args:
-        train_x: ``(N, D)`` reference features.
-        train_y: ``(N,)`` int64 labels.
-        test_x: ``(M, D)`` query features.
-        test_y: ``(M,)`` labels.
-        k: Neighbours (capped at ``N``).
-        chunk: Queries per similarity block (bounds memory at ``chunk x N``).
-
-    Returns:
-        The accuracy on the queries.
-
-    Examples:
-        >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-        >>> knn_accuracy(train, torch.tensor([0, 0, 1]), torch.tensor([[1.0, 0.2]]), torch.tensor([0]), k=2)
-        1.0
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    k = min(k, train_x.shape[0])
-    num_classes = int(train_y.max()) + 1
-    ref = F.normalize(train_x.float(), dim=1)
-    correct = 0
-    for start in range(0, test_x.shape[0], chunk):
-        queries = F.normalize(test_x[start : start + chunk].float(), dim=1)
-        sims, idx = (queries @ ref.T).topk(k, dim=1)
+def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 20) -> float:
+    """k-NN accuracy with cosine similarity and majority vote (ties: the larger summed similarity)."""
+    k, num_classes = min(k, len(train_x)), int(train_y.max()) + 1
+    ref, correct = F.normalize(train_x.float(), dim=1), 0
+    for start in range(0, len(test_x), 1024):
+        sims, idx = (F.normalize(test_x[start : start + 1024].float(), dim=1) @ ref.T).topk(k, dim=1)
         onehot = F.one_hot(train_y[idx], num_classes).double()
-        # A class's summed similarity lies in [-k, k], so scaling the counts by 2k + 1 makes it a tie-break.
-        score = (2 * k + 1) * onehot.sum(dim=1) + (onehot * sims.double().unsqueeze(-1)).sum(dim=1)
-        correct += int((score.argmax(dim=1) == test_y[start : start + chunk]).sum())
-    return correct / max(1, test_x.shape[0])
-
-
-def r2_score(pred: Tensor, target: Tensor) -> float:
-    """Coefficient of determination, averaged uniformly over outputs, computed in float64.
-
-    Args:
-        pred: ``(N, K)`` or ``(N,)`` predictions.
-        target: Targets of the same shape.
-
-    Returns:
-        ``mean_k (1 - SS_res[k] / SS_tot[k])``.
-
-    Raises:
-        ValueError: Shapes differ or fewer than 2 rows.
-
-    Examples:
-        >>> t = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]])
-        >>> r2_score(t, t), abs(r2_score(t.mean(0).expand(3, 2), t)) < 1e-12  # the mean predictor scores 0
-        (1.0, True)
-    """
-    if pred.shape != target.shape or pred.shape[0] < 2:
-        raise ValueError(
-            "pred and target must have the same shape with >= 2 rows, "
-            f"got {tuple(pred.shape)}, {tuple(target.shape)}"
-        )
-    p = pred.detach().double().reshape(pred.shape[0], -1)
-    t = target.detach().double().reshape(target.shape[0], -1)
-    ss_res = (t - p).square().sum(dim=0)
-    ss_tot = (t - t.mean(dim=0)).square().sum(dim=0)
-    exact = torch.where(ss_res == 0, 1.0, 0.0).to(torch.float64)
-    per_output = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300), exact)
-    return float(per_output.mean())
-
-
-def rotation_accuracy(pred_sincos: Tensor, quarter_turns: Tensor) -> float:
-    """Share of ``[sin, cos]`` predictions whose nearest rotation code is the true quarter turn.
-
-    Examples:
-        >>> rotation_accuracy(torch.tensor([[0.9, 0.2], [0.1, -0.7]]), torch.tensor([1, 1]))
-        0.5
-    """
-    if pred_sincos.ndim != 2 or pred_sincos.shape[1] != 2 or quarter_turns.shape != pred_sincos.shape[:1]:
-        raise ValueError(
-            f"need predictions (N, 2) and quarter turns (N,), got {tuple(pred_sincos.shape)}, "
-            f"{tuple(quarter_turns.shape)}"
-        )
-    codes = ROTATION_SINCOS.to(pred_sincos.device, torch.float32)
-    nearest = torch.cdist(pred_sincos.float(), codes).argmin(dim=1)
-    return float((nearest == torch.remainder(quarter_turns, 4).to(nearest.device)).double().mean())
-
-
-def fit_mlp_regressor(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    *,
-    hidden: int = 128,
-    steps: int = 300,
-    lr: float = 3e-3,
-    max_train: int = 10_000,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Fits a one-hidden-layer MLP ``x -> y`` (MSE, full-batch Adam, cosine lr) and predicts ``test_x``.
-
-    Inputs are standardized with the training statistics. At most ``max_train`` training rows (a seeded
-    subset) are used. The weights are initialised from ``seed`` inside a forked RNG, so the global RNG is
-    left as it was.
-
-    Args:
-        train_x: ``(N, D)`` training inputs.
-        train_y: ``(N, K)`` training targets.
-        test_x: ``(M, D)`` inputs to predict.
-        hidden: Hidden width.
-        steps: Optimization steps.
-        lr: Peak learning rate.
-        max_train: Cap on the training rows.
-        seed: Seed of the subset and of the initial weights.
-        device: Where to fit (default: where ``train_x`` is).
-
-    Returns:
-        ``(M, K)`` predictions, on the CPU.
-
-    Examples:
-        >>> x = torch.randn(200, 4)
-        >>> y = x[:, :2] * 2.0
-        >>> pred = fit_mlp_regressor(x, y, x, steps=200, lr=1e-2)
-        >>> r2_score(pred, y) > 0.95
-        True
-    """
-    if train_x.ndim != 2 or train_y.ndim != 2 or train_y.shape[0] != train_x.shape[0]:
-        raise ValueError(
-            f"need train_x (N, D) and train_y (N, K), got {tuple(train_x.shape)}, {tuple(train_y.shape)}"
-        )
-    if train_x.shape[0] > max_train:
-        keep = torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_train]
-        train_x, train_y = train_x[keep], train_y[keep]
-    device = train_x.device if device is None else torch.device(device)
-    xtr, xte = standardize(train_x.to(device), test_x.to(device))
-    target = train_y.to(device).float()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(xtr.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, target.shape[1]))
-    net = net.to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    with torch.enable_grad():
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
-            optimizer.zero_grad()
-            F.mse_loss(net(xtr), target).backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-    with torch.no_grad():
-        out: Tensor = net(xte).cpu()
-    return out
+        # A summed similarity lies in [-k, k]: scaling the counts by 2k + 1 makes it a tie-break only.
+        score = (2 * k + 1) * onehot.sum(1) + (onehot * sims.double().unsqueeze(-1)).sum(1)
+        correct += int((score.argmax(dim=1) == test_y[start : start + 1024]).sum())
+    return correct / max(1, len(test_x))
 
 
 def classification_metrics(
@@ -383,21 +179,100 @@ def classification_metrics(
     test_y: Tensor,
     num_classes: int,
     cfg: EvalConfig,
-    device: torch.device | str | None = None,
+    device: torch.device,
 ) -> dict[str, float]:
-    """Linear-probe and k-NN accuracy of one feature set, as ``{"linear_acc", "knn_acc", ...}``.
+    """Linear-probe and k-NN accuracy of one feature set, computed on ``device``."""
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
+    out = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg)
+    return {**out, "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k)}
 
-    The tensors are moved to ``device`` first (e.g. the GPU the model trained on) when it is given.
+
+def r2_score(pred: Tensor, target: Tensor) -> float:
+    """R² averaged over outputs, in float64; a constant target scores 1 if predicted exactly, else 0.
+
+    Examples:
+        >>> t = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]])
+        >>> r2_score(t, t), abs(r2_score(t.mean(0).expand(3, 2), t)) < 1e-12
+        (1.0, True)
     """
-    if device is not None:
-        train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    probe = linear_probe(
-        train_x, train_y, test_x, test_y, num_classes,
-        weight_decays=cfg.linear_weight_decays, max_iter=cfg.linear_max_iter, seed=cfg.seed,
-    )  # fmt: skip
-    return {
-        "linear_acc": probe.test_accuracy,
-        "linear_train_acc": probe.train_accuracy,
-        "linear_weight_decay": probe.weight_decay,
-        "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k),
+    p, t = pred.double().reshape(len(pred), -1), target.double().reshape(len(target), -1)
+    ss_res, ss_tot = (t - p).square().sum(0), (t - t.mean(0)).square().sum(0)
+    exact = (ss_res == 0).double()
+    return float(torch.where(ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300), exact).mean())
+
+
+def rotation_accuracy(pred_sincos: Tensor, turns: Tensor) -> float:
+    """Share of ``[sin, cos]`` predictions whose nearest rotation code is the true quarter turn."""
+    nearest = torch.cdist(pred_sincos.float().cpu(), ROTATION_SINCOS).argmin(dim=1)
+    return float((nearest == torch.remainder(turns.cpu(), 4)).double().mean())
+
+
+def fit_mlp_regressor(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, cfg: EvalConfig, device: torch.device
+) -> Tensor:
+    """Fits a one-hidden-layer MLP (MSE, full-batch Adam, cosine lr) on at most ``regressor_max_train`` rows
+    and predicts ``test_x`` (on the CPU); the global RNG is left as it was."""
+    if len(train_x) > cfg.regressor_max_train:
+        keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed))
+        train_x, train_y = train_x[keep[: cfg.regressor_max_train]], train_y[keep[: cfg.regressor_max_train]]
+    xtr, xte = _standardize(train_x.float().to(device), test_x.float().to(device))
+    target = train_y.float().to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = nn.Sequential(
+            nn.Linear(xtr.shape[1], cfg.regressor_hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.regressor_hidden, target.shape[1]),
+        ).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.regressor_lr)
+    with torch.enable_grad():
+        for step in range(cfg.regressor_steps):
+            optimizer.param_groups[0]["lr"] = (
+                0.5 * cfg.regressor_lr * (1 + math.cos(math.pi * step / cfg.regressor_steps))
+            )
+            optimizer.zero_grad()
+            F.mse_loss(net(xtr), target).backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    with torch.no_grad():
+        return net(xte).cpu()  # type: ignore[no-any-return]
+
+
+def collapse_diagnostics(
+    representations: Mapping[str, Tensor], warn: Callable[[str], None], epoch: int
+) -> dict[str, Any]:
+    """:func:`collapse_record` of each named representation as one record; ``warn`` prints the warnings."""
+    record: dict[str, Any] = {}
+    for name, z in representations.items():
+        diagnostics, warning = collapse_record(name, z)
+        record.update(diagnostics)
+        if warning:
+            warn(f"epoch {epoch}: warning: {warning}")
+    return record
+
+
+def collapse_record(name: str, z: Tensor) -> tuple[dict[str, Any], str | None]:
+    """Collapse diagnostics of ``z`` ``(n, d)`` as ``{"<name>.<metric>": value}``, and a warning line when it
+    collapsed completely (normalized std below the threshold) or to a few dimensions (effective rank below
+    5% of ``d``, at least 2).
+
+    Examples:
+        >>> record, warning = collapse_record("z", torch.ones(16, 4))
+        >>> sorted(record)[:2], warning
+        (['z.collapsed', 'z.effective_rank'], 'z collapsed: normalized std 0, effective rank 1.0 of 4')
+    """
+    m = collapse_metrics(z.detach().float())
+    record = {
+        f"{name}.effective_rank": float(m.effective_rank),
+        f"{name}.normalized_std": float(m.normalized_std),
+        f"{name}.mean_cosine": float(m.mean_cosine),
+        f"{name}.collapsed": bool(m.collapsed),
+        f"{name}.spectrum": m.spectrum.cpu().tolist(),
+        f"{name}.std": m.std.cpu().tolist(),
     }
+    rank, std, dim = float(m.effective_rank), float(m.normalized_std), z.shape[1]
+    warning = None
+    if m.collapsed:
+        warning = f"{name} collapsed: normalized std {std:.3g}, effective rank {rank:.1f} of {dim}"
+    elif rank < max(2.0, 0.05 * dim):
+        warning = f"{name} collapsed to few dimensions: effective rank {rank:.1f} of {dim}, std {std:.3g}"
+    return record, warning

@@ -1,358 +1,384 @@
-"""What every example trainer shares around its model: the base config and the run folder.
-
-A trainer's config subclasses :class:`RunConfig` (adding its model and method fields). :func:`start_run`
-starts DDP when launched by torchrun, opens ``runs/<name>/`` (refusing to clobber an existing run unless
-asked) and loads the checkpoint to resume from, after checking that the config still fits it (see
-:attr:`RunConfig.RESUME_MUTABLE`); only then does it write the config into the run folder. At the end,
-:func:`epoch_summary` collects the last evaluation, :func:`write_outputs` writes ``summary.json`` and the
-plots, and :func:`format_report` gives the closing lines.
+"""A run's folder ``runs/<name>/`` (``config.yaml``/``.json``, ``metrics.jsonl``/``.csv``, ``last.pt``,
+``summary.json``, plots) and its bookkeeping. Only rank 0 writes. :func:`open_run` checks everything and
+writes nothing; :meth:`RunDir.begin` writes, once the resumed state has been restored.
 """
 
 from __future__ import annotations
 
-import math
-import pickle
+import csv
+import io
+import json
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
 import torch
+import yaml
+from torch import Tensor
 
-from .checkpoint import load_checkpoint, seed_all
-from .checks import check_device, check_min, check_run_name
-from .config import config_to_dict
-from .data import DataConfig
-from .diagnostics import plot_run_spectra
-from .dist import DistInfo, barrier, init_distributed
-from .evaluation import EvalConfig
-from .optim import OptimConfig
-from .outputs import RunDir
-from .plots import plot_metrics
-from .probes import ProbeConfig
-from .rate import RateConfig
-
-__all__ = [
-    "ResumeError",
-    "RunConfig",
-    "RunContext",
-    "RunExistsError",
-    "check_batch_size",
-    "check_resume_config",
-    "epoch_summary",
-    "format_report",
-    "start_run",
-    "write_outputs",
-]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Settings shared by the example trainers; subclass it to add a method's own fields.
-
-    Args:
-        name: Run folder name under ``out_dir`` (one folder name, no path); ``None`` lets the trainer derive
-            one (preset and variant).
-        out_dir: Parent folder of the run folders.
-        seed: Seed of the initial weights, the data order and every random draw of the training steps.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
-        epochs: Training epochs.
-        batch_size: Global batch size (over all DDP ranks); at least 2 per rank, for BatchNorm.
-        bf16: Autocast the model's forward pass to bfloat16 (the coding rate stays float32 regardless).
-        compile: ``torch.compile`` the model.
-        log_every: Steps between metrics records and progress lines.
-        ckpt_every: Steps between checkpoints besides the one at each epoch end (0: epoch ends only).
-        timing_every: Steps between measurements of the share of step time spent in the coding rate.
-        data: Where the images come from and how they are split.
-        optim: AdamW and learning-rate schedule.
-        probe: Online probes.
-        eval: Offline evaluation on frozen features.
-        rate: The coding-rate regularizer (weight, schedule, scale).
-    """
-
-    name: str | None = None
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"
-    epochs: int = 10
-    batch_size: int = 256
-    bf16: bool = False
-    compile: bool = False
-    log_every: int = 10
-    ckpt_every: int = 0
-    timing_every: int = 50
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    rate: RateConfig = field(default_factory=RateConfig)
-
-    #: Keys that may differ from the checkpoint's config on ``--resume`` (``group.*``: the whole group). They
-    #: shape neither the saved state nor the data, and include the remedies for a NaN loss; every other key
-    #: (the variant, model, data, batch, seed, epochs, and the run's name and folder) must stay as saved.
-    RESUME_MUTABLE: ClassVar[tuple[str, ...]] = (
-        "device", "compile", "bf16", "log_every", "ckpt_every", "timing_every",
-        "optim.lr", "optim.min_lr", "optim.warmup_epochs", "optim.grad_clip", "rate.*", "eval.*",
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        check_run_name(self.name)
-        check_device(self.device)
-        check_min("", 1, epochs=self.epochs, log_every=self.log_every)
-        check_min("", 2, reason=" (BatchNorm needs 2 images per batch)", batch_size=self.batch_size)
-        check_min("", 0, ckpt_every=self.ckpt_every, timing_every=self.timing_every)
-        if not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
-
-    def validate(self) -> None:
-        """Checks that involve several keys, run once the config is fully resolved (single keys are checked
-        in ``__post_init__`` as they are set, where a check across keys would depend on their order).
-
-        Raises:
-            ValueError: Naming the keys and values that do not fit together.
-        """
-
-
-class ResumeError(ValueError):
-    """The run cannot be resumed: an unreadable checkpoint, or a config that does not fit it."""
+from common.checkpoint import (
+    ResumeError,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from common.config import RunConfig, flat_keys, to_dict
+from common.data import CifarData, check_batch_size, load_cifar10
+from common.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
+from common.optim import synchronize, time_rate
+from common.report import Progress, format_metrics, format_report, plot_run
+from jepa_rate import CodingRateLoss
 
 
 class RunExistsError(FileExistsError):
-    """The run folder already holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
+    """The run folder holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
 
 
-@dataclass
-class RunContext:
-    """One process's view of a run: config, process group, device, output folder, checkpoint to resume."""
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file (``[]`` if absent); a torn last line from a crash is ignored."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return records
 
-    cfg: Any
-    dist: DistInfo
-    run: RunDir
-    checkpoint: dict[str, Any] | None
-    started: float
+
+class RunDir:
+    """The output folder of one run (writes nothing when ``enabled`` is false: non-zero ranks)."""
+
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self.records = read_jsonl(path / "metrics.jsonl")
+        self.saved_step: int | None = None
 
     @property
-    def device(self) -> torch.device:
-        return self.dist.device
+    def checkpoint(self) -> Path:
+        return self.path / "last.pt"
 
-    @property
-    def is_main(self) -> bool:
-        return self.dist.is_main
+    def begin(self, cfg: RunConfig, step: int, *, overwrite: bool = False) -> None:
+        """Writes the config, drops records logged after ``step`` (a resumed run's logs then equal an
+        uninterrupted run's) and deletes temporaries a killed write left behind."""
+        self.saved_step = step if step else None
+        if not self.enabled:
+            return
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
+        kept = [r for r in self.records if int(r.get("step", 0)) <= step]
+        if len(kept) != len(self.records) or not (self.path / "metrics.jsonl").exists():
+            self.records = kept
+            self._write_logs()
+        config = to_dict(cfg)
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        atomic_write(self.path / "config.json", (json.dumps(config, indent=2) + "\n").encode())
 
+    def _write_logs(self, jsonl: bool = True) -> None:
+        if jsonl:
+            atomic_write(
+                self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records).encode()
+            )
+        rows = [flat_keys(r) for r in self.records]
+        columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, list)))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path / "metrics.csv", buffer.getvalue().encode())
 
-def _prepare_folder(path: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
-    if resume:
-        if not (path / RunDir.CHECKPOINT).is_file():
-            raise FileNotFoundError(f"cannot resume '{path}': it has no checkpoint {RunDir.CHECKPOINT}")
-        return
-    if not path.exists() or not any(path.iterdir()):
-        return
-    if not overwrite:
-        raise RunExistsError(
-            f"run folder '{path}' already exists: continue it with --resume {path}, start over with "
-            "--overwrite, or choose another --name"
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Appends a record to ``metrics.jsonl`` and rewrites ``metrics.csv`` (its columns may widen)."""
+        self.records.append(dict(record))
+        if self.enabled:
+            with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(self.records[-1]) + "\n")
+            self._write_logs(jsonl=False)
+
+    def check_finite(self, meter: Meter, step: int) -> None:
+        """Raises ``FloatingPointError`` naming the first step whose loss was NaN/Inf (on any rank) and the
+        checkpoint that is kept."""
+        first = int(meter.first_bad)
+        if not any_rank(first >= 0, meter.first_bad.device):
+            return
+        where = f"at step {first + 1}" if first >= 0 else "on another rank"
+        kept = (
+            f"the last good checkpoint, {self.checkpoint} (step {self.saved_step}), is kept"
+            if self.saved_step is not None
+            else "no checkpoint had been written yet"
         )
-    if not (path / RunDir.CONFIG).is_file():
-        raise RunExistsError(f"refusing to overwrite '{path}': it is not a run folder (no {RunDir.CONFIG})")
-    if is_main:
-        shutil.rmtree(path)
+        raise FloatingPointError(
+            f"the loss became NaN/Inf {where} (detected at step {step}); stopping: {kept}. "
+            "Lower optim.lr, set optim.grad_clip or lower rate.weight, then --resume or start over."
+        )
+
+    def log_step(
+        self, meter: Meter, step: int, per_epoch: int, metrics: Mapping[str, Tensor | float], due: bool
+    ) -> dict[str, float]:
+        """Adds a step's metrics to the epoch sums; on a log step (``due``) also checks the loss, averages
+        the metrics over ranks, logs them and returns them (else ``{}``)."""
+        meter.add(step, metrics)
+        if not due:
+            return {}
+        self.check_finite(meter, step + 1)
+        values = meter.mean(metrics)
+        self.log(
+            {
+                "step": step + 1,
+                "epoch": round((step + 1) / per_epoch, 4),
+                **values,
+                "elapsed": round(meter.wall_seconds(), 3),
+            }
+        )
+        return values
+
+    def epoch_record(self, meter: Meter, step: int, per_epoch: int) -> dict[str, Any]:
+        """The record of the epoch that ends at ``step``: the means of its training metrics."""
+        self.check_finite(meter, step)
+        means = meter.mean()
+        meter.sums, meter.count = {}, 0
+        return {"step": step, "epoch": step // per_epoch, **{f"train.{k}": v for k, v in means.items()}}
+
+    def log_epoch(self, record: dict[str, Any], meter: Meter, epochs: int, progress: Progress) -> None:
+        barrier()
+        self.log({**record, "elapsed": round(meter.wall_seconds(), 3)})
+        progress.write(f"epoch {record['epoch']}/{epochs} | " + format_metrics(record))
+
+    def save(self, step: int, cfg: RunConfig, meter: Meter, state: Mapping[str, Any]) -> None:
+        """Checks the loss, then writes ``last.pt`` (so it always holds a good state)."""
+        self.check_finite(meter, step)
+        if self.enabled:
+            states = {name: obj.state_dict() for name, obj in {**state, "meter": meter}.items()}
+            save_checkpoint(self.checkpoint, {"step": step, "config": to_dict(cfg), "state": states})
+        self.saved_step = step
+
+    def stopped(self, progress: Progress, signal_name: str | None, step: int) -> int:
+        """Reports a run stopped early; returns its exit code (130 after a signal)."""
+        progress.close()
+        why = f"interrupted ({signal_name})" if signal_name else f"stopped after step {step}"
+        progress.write(f"{why}; checkpoint {self.checkpoint}. Continue with --resume {self.path}")
+        return 130 if signal_name else 0
+
+    def finish(
+        self,
+        summary: Mapping[str, Any],
+        step_keys: Sequence[str],
+        epoch_keys: Sequence[str],
+        spectra: Sequence[str],
+    ) -> str:
+        """Writes ``summary.json`` and the plots; returns the closing report."""
+        if self.enabled:
+            atomic_write(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+            plot_run(self.records, self.path, step_keys, epoch_keys, spectra)
+        return format_report(self.path, summary)
+
+    def last_epoch(self, representations: Sequence[str]) -> dict[str, Any]:
+        """The last epoch's online metrics, effective ranks and collapse flags, for ``summary.json``."""
+        last = next((r for r in reversed(self.records) if isinstance(r.get("epoch"), int)), {})
+        return {
+            "online": {k[7:]: v for k, v in last.items() if k.startswith("online.")},
+            "effective_rank": {n: last.get(f"{n}.effective_rank") for n in representations},
+            "collapsed": {n: last.get(f"{n}.collapsed") for n in representations},
+        }
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def open_run(
+    cfg: RunConfig, *, resume: Path | None, overwrite: bool
+) -> tuple[DistInfo, CifarData, RunDir, dict[str, Any] | None]:
+    """Starts DDP (under torchrun), loads the data, and checks the run folder and, with ``resume``, its
+    checkpoint; writes nothing. A problem with the user's files or settings exits with one ``error:`` line:
+    missing or malformed data, a batch that does not fit, an existing run (without ``overwrite``), a bad
+    ``last.pt`` or a config that changes a key a resume must keep."""
+    try:
+        info = init_distributed(cfg.device)
+        data = load_cifar10(cfg.data)
+        check_batch_size(cfg.batch_size, len(data.train), info.world_size)
+        path = resume if resume is not None else Path(cfg.out_dir) / str(cfg.name)
+        checkpoint = None
+        if resume is not None:
+            checkpoint = load_checkpoint(path / "last.pt")
+            check_resume_config(cfg, checkpoint["config"], path)
+        elif path.exists() and any(path.iterdir()):
+            why = "it is not a run folder (no config.yaml)" if overwrite else "it already exists"
+            if not overwrite or not (path / "config.yaml").is_file():
+                raise RunExistsError(f"run folder '{path}': {why}; continue it with --resume {path}, "
+                                     "start over with --overwrite, or choose another --name")  # fmt: skip
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    torch.manual_seed(cfg.seed)  # the initial weights
+    return info, data, RunDir(path, enabled=info.is_main), checkpoint
 
 
-def check_resume_config(cfg: Any, saved: Mapping[str, Any], path: Path) -> None:
-    """Checks that ``cfg`` differs from the config a checkpoint was written with only in the keys of
-    ``RESUME_MUTABLE`` (keys missing on either side, from another version of the config, are not compared).
-
-    Raises:
-        ResumeError: Naming each changed key with its new and saved value.
-
-    Examples:
-        >>> saved = config_to_dict(RunConfig(name="a"))
-        >>> check_resume_config(RunConfig(name="a", optim=OptimConfig(lr=1e-4)), saved, Path("runs/a"))
-        >>> check_resume_config(RunConfig(name="b", batch_size=8), saved, Path("runs/a"))
-        Traceback (most recent call last):
-        ...
-        common.run.ResumeError: cannot resume 'runs/a' with name='b' (saved 'a'), batch_size=8 (saved ...
-    """
-    mutable = getattr(type(cfg), "RESUME_MUTABLE", ())
-    before = _flat(saved)
-
-    def fixed(key: str) -> bool:
-        return not any(key == m or (m.endswith(".*") and key.startswith(m[:-1])) for m in mutable)
-
-    now = _flat(config_to_dict(cfg))
-    changed = [k for k, v in now.items() if k in before and v != before[k] and fixed(k)]
-    if changed:
-        items = ", ".join(f"{k}={now[k]!r} (saved {before[k]!r})" for k in changed)
+def check_resume_config(cfg: RunConfig, saved: Mapping[str, Any], path: Path) -> None:
+    """Raises :class:`ResumeError` naming each key that differs from the saved config but must not."""
+    mutable = type(cfg).RESUME_MUTABLE
+    before, now = flat_keys(dict(saved)), flat_keys(to_dict(cfg))
+    may_change = [
+        k for k in now if any(k == m or (m.endswith("*") and k.startswith(m[:-1])) for m in mutable)
+    ]
+    fixed = [k for k, v in now.items() if k in before and v != before[k] and k not in may_change]
+    if fixed:
+        items = ", ".join(f"{k}={now[k]!r} (saved {before[k]!r})" for k in fixed)
         raise ResumeError(
             f"cannot resume '{path}' with {items}: a resumed run keeps its settings except "
             f"{', '.join(mutable)}; start a new run (another --name) to change the others"
         )
 
 
-def check_batch_size(batch_size: int, num_samples: int, world_size: int) -> None:
-    """Checks that the global batch fits the training set and splits into per-rank batches of 2 or more.
-
-    Raises:
-        ValueError: Naming ``batch_size`` and the number it does not fit.
-    """
-    if batch_size > num_samples:
-        raise ValueError(
-            f"batch_size={batch_size} exceeds the {num_samples} training images: lower batch_size or use "
-            "more data (data.train_size, data.holdout)"
-        )
-    if batch_size % world_size:
-        raise ValueError(f"batch_size={batch_size} is not divisible by the {world_size} processes")
-    if batch_size // world_size < 2:
-        raise ValueError(
-            f"batch_size={batch_size} leaves {batch_size // world_size} image per process; BatchNorm needs 2"
-        )
-
-
-def _resume_checkpoint(cfg: Any, path: Path) -> dict[str, Any]:
-    ckpt_path = path / RunDir.CHECKPOINT
+@contextmanager
+def guarded(run: Path) -> Iterator[None]:
+    """Around a trainer's run: SIGTERM acts as Ctrl-C; a Ctrl-C outside the training steps (evaluation,
+    plots) exits 130 with one line; a NaN loss or a checkpoint that does not fit the model is one ``error:``
+    line; the process group is torn down."""
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        checkpoint = load_checkpoint(ckpt_path)
-    except (RuntimeError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        raise ResumeError(f"cannot resume '{path}': {ckpt_path} cannot be loaded ({err})") from err
-    if isinstance(checkpoint.get("config"), Mapping):
-        check_resume_config(cfg, checkpoint["config"], path)
-    return checkpoint
+        yield
+    except (FloatingPointError, ResumeError) as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        message = f"interrupted; the last checkpoint is kept: finish the run with --resume {run}"
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+        cleanup()
 
 
-def start_run(
-    cfg: Any, *, resume: Path | None = None, overwrite: bool = False, num_samples: int | None = None
-) -> RunContext:
-    """Starts DDP if launched by torchrun, prepares ``<out_dir>/<name>/`` and loads the resume checkpoint.
+class Setup(NamedTuple):
+    """A prepared run: process group, data, folder, the trainer's parts, meter and step counts."""
 
-    Everything that can be checked is checked before the run folder is written to: a resumed run's
-    ``config.yaml`` is rewritten only once its checkpoint has loaded and the config fits it, so a refused
-    resume leaves the run resumable as it was.
-
-    Args:
-        cfg: The resolved config (a :class:`RunConfig` subclass with ``name`` set).
-        resume: A run folder to continue from its ``last.pt`` (then ``out_dir`` / ``name`` are not used).
-        overwrite: Replace an existing run folder instead of refusing.
-        num_samples: The training set size, to check ``batch_size`` against (see :func:`check_batch_size`).
-
-    Raises:
-        RunExistsError: The folder holds a run and neither ``resume`` nor ``overwrite`` was given.
-        FileNotFoundError: ``resume`` names a folder without a checkpoint.
-        ResumeError: The checkpoint cannot be loaded, or ``cfg`` changes a key that must stay as saved.
-        ValueError: ``batch_size`` does not fit the data or the number of processes.
-    """
-    started = time.perf_counter()
-    info = init_distributed(cfg.device)
-    if num_samples is not None:
-        check_batch_size(cfg.batch_size, num_samples, info.world_size)
-    path = Path(resume) if resume is not None else Path(cfg.out_dir) / str(cfg.name)
-    _prepare_folder(path, resume=resume is not None, overwrite=overwrite, is_main=info.is_main)
-    checkpoint = _resume_checkpoint(cfg, path) if resume is not None else None
-    barrier()
-    run = RunDir(path, enabled=info.is_main)
-    run.save_config(cfg)
-    seed_all(cfg.seed)
-    return RunContext(cfg=cfg, dist=info, run=run, checkpoint=checkpoint, started=started)
+    info: DistInfo
+    data: CifarData
+    run: RunDir
+    parts: Any
+    meter: Meter
+    start: int
+    total: int
+    per_epoch: int
 
 
-def write_outputs(
-    ctx: RunContext,
-    summary: Mapping[str, Any],
-    *,
-    step_keys: Sequence[str] | None = None,
-    epoch_keys: Sequence[str] | None = None,
-    spectra: Sequence[str] = (),
-) -> None:
-    """Writes ``summary.json`` and the plots (rank 0 only).
-
-    Plots: ``train_curves.png`` (``step_keys`` of the step records against the step), ``epoch_metrics.png``
-    (``epoch_keys`` of the epoch records against the epoch) and ``spectrum.png`` (the covariance spectra of
-    the representations named in ``spectra``, first and last epoch). ``None`` keys plot every numeric metric.
-    """
-    if not ctx.is_main:
-        return
-    ctx.run.write_summary(summary)
-    records = ctx.run.records()
-    steps = [r for r in records if not isinstance(r.get("epoch"), int)]
-    epochs = [r for r in records if isinstance(r.get("epoch"), int)]
-    title = ctx.run.path.name
-    for rows, keys, name, x in (
-        (steps, step_keys, "train_curves.png", "step"),
-        (epochs, epoch_keys, "epoch_metrics.png", "epoch"),
-    ):
-        present = None if keys is None else [k for k in keys if any(k in r for r in rows)]
-        if rows and (present is None or present):
-            plot_metrics(rows, ctx.run.file(name), keys=present, x=x, title=title)
-    plot_run_spectra(epochs, spectra, ctx.run.file("spectrum.png"))
-
-
-def epoch_summary(ctx: RunContext, representations: Sequence[str]) -> dict[str, Any]:
-    """The last epoch's evaluation for ``summary.json``: ``online`` (the ``online.*`` metrics), and the
-    ``effective_rank`` and ``collapsed`` flag of each named representation (rank 0; ``{}`` elsewhere)."""
-    if not ctx.is_main:
-        return {}
-    last = next((r for r in reversed(ctx.run.records()) if isinstance(r.get("epoch"), int)), None)
-    if last is None:
-        return {}
-    return {
-        "online": {k.split(".", 1)[1]: v for k, v in last.items() if k.startswith("online.")},
-        "effective_rank": {n: last.get(f"{n}.effective_rank") for n in representations},
-        "collapsed": {n: last.get(f"{n}.collapsed") for n in representations},
-    }
-
-
-# Kept in summary.json but left out of the closing lines.
-_DETAILS = frozenset({"linear_train_acc", "linear_weight_decay"})
-
-
-def _fmt(key: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if key.endswith(("acc", "share")):
-        return f"{100 * value:.1f}%"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}"
-
-
-def format_report(path: Path, summary: Mapping[str, Any], groups: Sequence[str]) -> str:
-    """The closing lines of a run: one line per summary group (accuracies as percentages), then throughput.
-
-    Examples:
-        >>> print(format_report(Path("runs/a"), {"wall_time_s": 61.2, "online": {"linear_acc": 0.25},
-        ...                     "images_per_s": 640.0, "rate_time_share": 0.004}, ["online"]))
-        done: a in 61 s
-          online: linear_acc 25.0%
-          640 img/s | coding rate 0.4% of step time
-          outputs: runs/a/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)
-    """
-    lines = [f"done: {path.name} in {summary.get('wall_time_s', 0):.0f} s"]
-    for group in groups:
-        values = summary.get(group)
-        if not isinstance(values, Mapping):
-            continue
-        parts = []
-        for key, value in values.items():
-            if isinstance(value, Mapping):
-                inner = " ".join(f"{k} {_fmt(k, v)}" for k, v in value.items() if k not in _DETAILS)
-                parts.append(f"{key} [{inner}]")
-            else:
-                parts.append(f"{key} {_fmt(key, value)}")
-        lines.append(f"  {group}: " + " | ".join(parts))
-    rate = summary.get("rate_time_share")
-    lines.append(
-        f"  {_fmt('', summary.get('images_per_s'))} img/s | coding rate {_fmt('share', rate)} of step time"
+def finish_run(cfg: Any, s: Setup, offline: dict[str, Any] | None, representations: tuple[str, ...],
+               step_keys: Sequence[str], epoch_keys: Sequence[str]) -> None:  # fmt: skip
+    """Writes ``summary.json`` (the last epoch's evaluation, the ``offline`` one, throughput, size) and the
+    plots, and prints the report (rank 0)."""
+    summary = {"variant": cfg.variant, "data": s.data.description, **s.run.last_epoch(representations)}
+    summary.update({"offline": offline} if offline is not None else {})
+    summary.update(
+        steps=s.total,
+        epochs=cfg.epochs,
+        world_size=s.info.world_size,
+        **s.meter.summary(s.total, cfg.batch_size),
     )
-    lines.append(f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)")
-    return "\n".join(lines)
+    summary["params"] = sum(p.numel() for p in s.parts.model.parameters() if p.requires_grad)
+    report = s.run.finish(summary, step_keys, epoch_keys, representations)
+    if s.info.is_main:
+        print(report, flush=True)
+
+
+class Meter:
+    """What a run accumulates between checkpoints: the epoch's metric sums, the first step whose loss was
+    NaN/Inf (a device-side flag, read only at log steps and checkpoints: no host sync per step), and the
+    seconds spent training, in timed steps and in the coding rate of timed steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.seconds = {"train": 0.0, "timed": 0.0, "rate": 0.0, "timed_steps": 0.0, "wall": 0.0}
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.started = time.perf_counter()
+
+    def add(self, step: int, metrics: Mapping[str, Tensor | float]) -> None:
+        """Adds a step's metrics to the epoch sums and its loss to the NaN/Inf flag."""
+        for key, value in metrics.items():
+            v = torch.as_tensor(value, device=self.first_bad.device).detach().float()
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
+        self.count += 1
+        bad = ~torch.isfinite(torch.as_tensor(metrics["loss"], device=self.first_bad.device))
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def mean(self, metrics: Mapping[str, Tensor | float] | None = None) -> dict[str, float]:
+        """``metrics`` (default: the epoch's means) averaged over ranks, as floats (one collective)."""
+        values = metrics if metrics is not None else {k: v / self.count for k, v in self.sums.items()}
+        device = self.first_bad.device
+        stacked = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=device) for v in values.values()]
+        )
+        return dict(zip(values, all_reduce_mean(stacked).tolist(), strict=True)) if values else {}
+
+    def step_done(
+        self, began: float, timing: bool, rate_loss: CodingRateLoss, shape: tuple[int, ...]
+    ) -> None:
+        """Adds a step's seconds; on a ``timing`` step also times the coding rate on a leaf of the ``shape``
+        it saw (:func:`common.optim.time_rate`), for the rate's share of the step time."""
+        if timing:
+            synchronize(self.first_bad.device)
+        elapsed = time.perf_counter() - began
+        self.seconds["train"] += elapsed
+        if timing:
+            self.seconds["timed"] += elapsed
+            self.seconds["rate"] += time_rate(rate_loss, shape, self.first_bad.device)
+            self.seconds["timed_steps"] += 1
+
+    @staticmethod
+    def timing_due(step: int, total: int, every: int) -> bool:
+        warm = min(2, total - 1)  # skip the first steps: allocator and kernel warm-up
+        return every > 0 and step >= warm and (step - warm) % every == 0
+
+    def wall_seconds(self) -> float:
+        return self.seconds["wall"] + time.perf_counter() - self.started
+
+    def summary(self, steps: int, batch_size: int) -> dict[str, Any]:
+        s = self.seconds
+        return {"wall_time_s": round(self.wall_seconds(), 3), "train_time_s": round(s["train"], 3),
+                "images_per_s": steps * batch_size / s["train"] if s["train"] > 0 else None,
+                "rate_time_share": s["rate"] / s["timed"] if s["timed"] > 0 else None,
+                "rate_timed_steps": int(s["timed_steps"])}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sums": dict(self.sums),
+            "count": self.count,
+            "seconds": {**self.seconds, "wall": self.wall_seconds()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: v.to(self.first_bad.device) for k, v in state["sums"].items()}
+        self.count, self.seconds = int(state["count"]), {k: float(v) for k, v in state["seconds"].items()}
+        self.started = time.perf_counter()
+
+
+class StopRequest:
+    """Inside ``with``: the first SIGINT / SIGTERM sets :attr:`signal_name` (the loop saves and stops after
+    its step); a second raises ``KeyboardInterrupt``. Outside the main thread it is inert."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cifar_rot_train
-import common.cli
+import common.run
 import two_view_rate
 
 ROT, TWO = cifar_rot_train.main, two_view_rate.main
@@ -25,7 +25,17 @@ ROT, TWO = cifar_rot_train.main, two_view_rate.main
         (ROT, ["--set", "model.action_embed_dim=0"], "model.action_embed_dim must be >= 1, got 0"),
         (ROT, ["--set", "model.predictor_hidden=-3"], "model.predictor_hidden must be >= 1, got -3"),
         (ROT, ["--set", "model.dim_feedforward=0"], "model.dim_feedforward must be >= 1, got 0"),
-        (ROT, ["--set", "model.conv_widths="], "model.conv_widths must be one or more channel counts"),
+        (ROT, ["--set", "model.conv_widths=[]"], "model.conv_widths must be one or more channel counts"),
+        (ROT, ["--variant", "ema", "--set", "model.target_pass=separate"], "needs a stop-gradient target"),
+        (ROT, ["--set", "optim.name=sgd"], "config key 'optim.name' in --set: Invalid value 'sgd'"),
+        (
+            ROT,
+            ["--set", "epochs=two"],
+            "config key 'epochs' in --set: Value 'two' of type 'str' could not be",
+        ),
+        (ROT, ["--set", "optim.lrr=1"], "unknown config key 'optim.lrr' in --set; did you mean 'optim.lr'?"),
+        (ROT, ["--set", "lr"], "--set 'lr' must look like key=value"),
+        (ROT, ["--config", "nope"], "unknown preset 'nope'"),
         (ROT, ["--set", "model.num_heads=5"], "model.num_heads=5 must divide the aggregator width 24"),
         (ROT, ["--set", "rate.alpha=0"], "rate.alpha must be a finite number > 0, got 0.0"),
         (ROT, ["--set", "device=tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got 'tpu'"),
@@ -52,7 +62,7 @@ def test_bad_values_are_usage_errors_before_the_data_is_loaded(
     def no_data(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the data was loaded before the config was checked")
 
-    monkeypatch.setattr(common.cli, "load_cifar10", no_data)
+    monkeypatch.setattr(common.run, "load_cifar10", no_data)
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", "tiny", "--set", f"out_dir={tmp_path / 'runs'}", *argv])
     assert exit_info.value.code == 2

@@ -7,17 +7,15 @@ from pathlib import Path
 import pytest
 
 import compare_runs
-from common.outputs import RunDir
+from common.run import RunDir
 
 
-def _run(path: Path, summary: str | None = None) -> Path:
+def _run(path: Path, summary: str = '{"acc": 0.2}') -> Path:
     run = RunDir(path)
+    path.mkdir(parents=True)
     for epoch in range(2):
         run.log({"epoch": epoch, "loss": 1.0 - 0.1 * epoch, "acc": 0.2 * epoch})
-    if summary is None:
-        run.write_summary({"acc": 0.2})
-    else:
-        (path / "summary.json").write_text(summary, encoding="utf-8")
+    (path / "summary.json").write_text(summary, encoding="utf-8")
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.checkpoint import load_checkpoint
-from common.outputs import read_jsonl
+from common.run import read_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -41,4 +41,4 @@ def test_two_processes_use_the_global_batch_for_the_rate_and_write_on_rank_0(
     assert {r["rate_scale"] for r in steps} == {1 / 16}
     assert load_checkpoint(run / "last.pt")["step"] == 6
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no stray temp files
-    assert proc.stdout.count("done: ddp") == 1 and proc.stdout.count("run ") == 1
+    assert proc.stdout.count("done: ddp") == 1 and proc.stderr.count(f"run {run}:") == 1  # rank 0 only

@@ -12,7 +12,7 @@ from test_ex_train_smoke import train_tiny
 import cifar_rot_train
 import compare_runs
 from common.checkpoint import load_checkpoint
-from common.outputs import read_jsonl
+from common.run import read_jsonl
 
 
 def test_symmetric_variant_uses_one_hot_actions_and_rejects_sincos(
@@ -43,8 +43,11 @@ def test_compare_runs_tables_and_plots_two_runs(tmp_path: Path, capsys: pytest.C
     assert "| ema |" in capsys.readouterr().out
 
 
-def test_evaluation_length_can_differ_from_training(tmp_path: Path) -> None:
-    run = train_tiny(tmp_path, "ema_rate", "--set", "seq.eval_num_observations=5", "--set", "epochs=1")
+def test_evaluation_length_and_recipe_options(tmp_path: Path) -> None:
+    recipe = ["model.target_pass=separate", "model.predictor_norm=layer", "model.ema_tau_end=null",
+              "optim.name=adam", "optim.schedule_unit=epoch", "seq.eval_num_observations=5",
+              "epochs=1"]  # fmt: skip
+    run = train_tiny(tmp_path, "teacherless_rate", *(a for r in recipe for a in ("--set", r)))
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["offline"]["z_agg"]["linear_acc"] <= 1.0
     state = load_checkpoint(run / "last.pt")["state"]["model"]

@@ -10,7 +10,7 @@ import pytest
 
 import cifar_rot_train
 from common.checkpoint import load_checkpoint
-from common.outputs import read_jsonl
+from common.run import read_jsonl
 
 STEPS = 6  # the tiny preset: 48 training images, batch 16, 2 epochs
 

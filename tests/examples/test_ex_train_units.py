@@ -13,28 +13,28 @@ from hypothesis import strategies as st
 from torch import nn
 
 from common.augment import AugmentConfig, augment
-from common.diagnostics import collapse_warning, representation_record
+from common.config import EvalConfig, OptimConfig, ProbeConfig, RateConfig
+from common.data import mix_seed
 from common.evaluation import (
-    ROTATION_SINCOS,
-    EvalConfig,
+    OnlineProbe,
+    collapse_record,
     fit_mlp_regressor,
     knn_accuracy,
     linear_probe,
     r2_score,
     rotation_accuracy,
 )
-from common.loop import step_seed
-from common.optim import OptimConfig, build_optimizer, learning_rate, param_groups
-from common.probes import OnlineProbe, ProbeConfig, linear_classifier
-from common.rate import MonitoredRate, RateConfig, rate_schedule, time_rate
-from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, coding_rate
+from common.optim import build_optimizer, learning_rate, rate_weight, time_rate
+from common.views import ROTATION_SINCOS
+from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA
 
 
 # ------------------------------------------------------------------------------------------------ optim
 def test_param_groups_decay_only_matrices_and_kernels() -> None:
     model = SeqJEPA(ConvEncoder(widths=(4, 8)), action_dim=2, action_embed_dim=8, num_layers=1, num_heads=2,
                     predictor_hidden=16, max_len=4)  # fmt: skip
-    decay, no_decay = param_groups(model, 0.1)
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=0.1))
+    decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert sorted(map(id, decay["params"] + no_decay["params"])) == sorted(map(id, trainable))
@@ -44,10 +44,9 @@ def test_param_groups_decay_only_matrices_and_kernels() -> None:
     assert all(n.endswith(("bias", "weight", "token", "pos_embed")) for n in no_decay_names)
     grouped = {names[id(p)] for p in decay["params"] + no_decay["params"]}
     assert not any(n.startswith("target_encoder") for n in grouped), "the EMA copy is not trained"
-    assert no_decay["weight_decay"] == 0.0
-    assert isinstance(build_optimizer(model, OptimConfig()), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="has no trainable parameters"):
-        build_optimizer(nn.ReLU(), OptimConfig())
+    assert no_decay["weight_decay"] == 0.0 and isinstance(optimizer, torch.optim.AdamW)
+    adam = build_optimizer(model, OptimConfig(name="adam"))
+    assert type(adam) is torch.optim.Adam and adam.param_groups[1]["weight_decay"] == 0.0
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr() -> None:
@@ -58,26 +57,31 @@ def test_learning_rate_warms_up_then_decays_to_min_lr() -> None:
     assert all(a < b for a, b in itertools.pairwise(lrs[: peak + 1]))
     assert all(a >= b for a, b in itertools.pairwise(lrs[peak:]))
     assert lrs[-1] == pytest.approx(1e-4) and lrs[0] == pytest.approx(1e-3)
-    with pytest.raises(ValueError, match=r"optim.lr must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"optim\.lr must be >= 0, got -1"):
         OptimConfig(lr=-1)
+
+
+def test_learning_rate_per_epoch_is_constant_within_an_epoch() -> None:
+    cfg = OptimConfig(lr=1.0, min_lr=0.0, warmup_epochs=2, schedule_unit="epoch")
+    lrs = [learning_rate(cfg, k, 12, 3) for k in range(12)]
+    assert [lrs[3 * e] for e in range(4)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
+    assert all(lrs[k] == lrs[k - k % 3] for k in range(12))
 
 
 # ----------------------------------------------------------------------------------------------- probes
 def test_probe_trains_on_detached_inputs_and_resumes_exactly() -> None:
     x = torch.randn(64, 6, requires_grad=True)
     y = torch.randint(0, 3, (64,))
-    probe = linear_classifier(6, 3, ProbeConfig(lr=0.05), torch.device("cpu"))
+    probe = OnlineProbe(nn.Linear(6, 3), lr=ProbeConfig(lr=0.05).lr)
     probe.step(x, y)
     assert x.grad is None, "probe gradients must not reach the representation"
     state = copy.deepcopy(probe.state_dict())  # as a save / load round trip does
-    twin = OnlineProbe(nn.Linear(6, 3), "classify", lr=0.05)
+    twin = OnlineProbe(nn.Linear(6, 3), lr=0.05)
     twin.load_state_dict(state)
     for _ in range(3):
         a, b = probe.step(x, y), twin.step(x, y)
         assert torch.equal(a, b)
     assert torch.equal(probe.predict(x), twin.predict(x))
-    with pytest.raises(ValueError, match="task must be 'classify' or 'regress', got 'rank'"):
-        OnlineProbe(nn.Linear(2, 2), "rank", lr=0.1)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -105,7 +109,7 @@ def test_knn_matches_a_float64_reference(seed: int, k: int) -> None:
     )
     ty, qy = torch.randint(0, 4, (60,), generator=gen), torch.randint(0, 4, (25,), generator=gen)
     expected = _knn_reference(train.numpy(), ty.numpy(), test.numpy(), qy.numpy(), k)
-    assert knn_accuracy(train, ty, test, qy, k=k, chunk=7) == pytest.approx(expected, abs=1e-12)
+    assert knn_accuracy(train, ty, test, qy, k=k) == pytest.approx(expected, abs=1e-12)
 
 
 @given(seed=st.integers(0, 2**16), outputs=st.integers(1, 4))
@@ -121,8 +125,6 @@ def test_r2_matches_the_textbook_formula(seed: int, outputs: int) -> None:
 def test_r2_of_constant_targets_and_bad_shapes() -> None:
     t = torch.ones(5, 2)
     assert r2_score(t, t) == 1.0 and r2_score(t + 1, t) == 0.0
-    with pytest.raises(ValueError, match=r"same shape with >= 2 rows, got \(5, 2\), \(5, 3\)"):
-        r2_score(t, torch.ones(5, 3))
 
 
 def test_rotation_accuracy_reads_the_nearest_code() -> None:
@@ -138,72 +140,56 @@ def test_linear_probe_is_deterministic_and_never_chooses_on_the_test_split() -> 
     y = torch.arange(4).repeat(50)
     x = centers[y] + torch.randn(200, 8, generator=gen)
     test_x, test_y = centers[y[:40]] + torch.randn(40, 8, generator=gen), y[:40]
-    cfg = EvalConfig()
-    a = linear_probe(x, y, test_x, test_y, 4, weight_decays=cfg.linear_weight_decays)
-    b = linear_probe(
-        x, y, test_x, test_y[torch.randperm(40, generator=gen)], 4, weight_decays=cfg.linear_weight_decays
+    a = linear_probe(x, y, test_x, test_y, 4, EvalConfig())
+    b = linear_probe(x, y, test_x, test_y[torch.randperm(40, generator=gen)], 4, EvalConfig())
+    assert (
+        a["linear_weight_decay"] == b["linear_weight_decay"]
+        and a["linear_train_acc"] == b["linear_train_acc"]
     )
-    assert a.weight_decay == b.weight_decay and a.train_accuracy == b.train_accuracy
-    assert a.test_accuracy > 0.9 and a.train_accuracy > 0.9
+    assert a["linear_acc"] > 0.9 and a["linear_train_acc"] > 0.9
 
 
 def test_mlp_regressor_is_seeded_and_leaves_the_global_rng_alone() -> None:
     x = torch.randn(100, 3)
     y = torch.stack((x[:, 0] * x[:, 1], x[:, 2]), dim=1)
     state = torch.get_rng_state()
-    a = fit_mlp_regressor(x, y, x, steps=50, seed=3)
+    cpu = torch.device("cpu")
+    a = fit_mlp_regressor(x, y, x, EvalConfig(regressor_steps=50, seed=3), cpu)
     assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(a, fit_mlp_regressor(x, y, x, steps=50, seed=3))
-    assert not torch.equal(a, fit_mlp_regressor(x, y, x, steps=50, seed=4))
+    assert torch.equal(a, fit_mlp_regressor(x, y, x, EvalConfig(regressor_steps=50, seed=3), cpu))
+    assert not torch.equal(a, fit_mlp_regressor(x, y, x, EvalConfig(regressor_steps=50, seed=4), cpu))
+    assert r2_score(fit_mlp_regressor(x, y, x, EvalConfig(regressor_lr=1e-2), cpu), y) > 0.8
 
 
 # ------------------------------------------------------------------------------------------------- rate
-def test_monitored_rate_matches_the_library_and_is_silent_in_eval() -> None:
-    z = torch.randn(32, 12, dtype=torch.float64)
-    rate = RateConfig(alpha=1.0, center=True).loss()
-    loss = rate(z)
-    torch.testing.assert_close(loss, -coding_rate(z, alpha=1.0, center=True))
-    assert rate.last is not None and rate.last_shape == (32, 12)
-    torch.testing.assert_close(rate.last.scale, torch.tensor(1 / 32, dtype=torch.float64))
-    rate.eval()
-    assert float(rate(z + 1)) == 0.0 and rate.last_shape == (32, 12)
-    observed = rate.observe(2 * z)
-    torch.testing.assert_close(observed.rate, coding_rate(2 * z, alpha=1.0, center=True))
-
-
 def test_time_rate_is_positive_and_does_not_consume_the_global_rng() -> None:
-    rate = MonitoredRate(CodingRateLoss())
-    with pytest.raises(ValueError, match="evaluated at least once"):
-        time_rate(rate, torch.device("cpu"))
-    rate(torch.randn(16, 8))
     state = torch.get_rng_state()
-    assert time_rate(rate, torch.device("cpu")) > 0
+    assert time_rate(CodingRateLoss(), (16, 8), torch.device("cpu")) > 0
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_rate_schedules() -> None:
-    const = rate_schedule(RateConfig(weight=0.02), 100, 10)
-    warm = rate_schedule(
-        RateConfig(weight=0.1, schedule="warmup_cosine", warmup_epochs=1, final_weight=0.01), 100, 10
-    )
-    assert const(0) == const(99) == 0.02
-    assert warm(0) == 0.0 and warm(10) == pytest.approx(0.1) and warm(100) == pytest.approx(0.01)
+    const = RateConfig(weight=0.02)
+    warm = RateConfig(weight=0.1, schedule="warmup_cosine", warmup_epochs=1, final_weight=0.01)
+    assert rate_weight(const, 0, 100, 10) == rate_weight(const, 99, 100, 10) == 0.02
+    assert rate_weight(warm, 0, 100, 10) == 0.0 and rate_weight(warm, 10, 100, 10) == pytest.approx(0.1)
+    assert rate_weight(warm, 100, 100, 10) == pytest.approx(0.01)
     with pytest.raises(ValueError, match=r"set exactly one of rate\.eps and rate\.alpha"):
         RateConfig(eps=0.5, alpha=1.0)
 
 
 # ------------------------------------------------------------------------------------ loop, diagnostics
 def test_step_seeds_are_distinct_and_in_range() -> None:
-    seeds = {step_seed(s, k, r) for s in range(3) for k in range(200) for r in range(3)}
-    assert len(seeds) == 3 * 200 * 3 and all(0 <= s < 2**63 for s in seeds)
+    seeds = {mix_seed(s, k, r) for s in range(3) for k in range(200) for r in range(3)}
+    assert len(seeds) == 3 * 200 * 3 and all(0 <= s < 2**32 for s in seeds)
 
 
 def test_collapse_is_flagged_only_for_collapsed_embeddings() -> None:
-    healthy = representation_record("z", torch.randn(128, 16))
-    collapsed = representation_record("z", torch.ones(128, 16) + 1e-4 * torch.randn(128, 16))
-    assert collapse_warning("z", healthy, 16) is None
-    warning = collapse_warning("z", collapsed, 16)
-    assert warning is not None and warning.startswith("warning: z collapsed: normalized std")
+    healthy, none = collapse_record("z", torch.randn(128, 16))
+    collapsed, warning = collapse_record("z", torch.ones(128, 16) + 1e-4 * torch.randn(128, 16))
+    assert none is None and warning is not None and warning.startswith("z collapsed: normalized std")
+    line = torch.randn(256, 1) * torch.ones(1, 64) + 0.01 * torch.randn(256, 64)
+    assert collapse_record("z", line)[1].startswith("z collapsed to few dimensions")  # type: ignore[union-attr]
     assert healthy["z.effective_rank"] > 10 > collapsed["z.effective_rank"]
 
 
@@ -225,7 +211,3 @@ def test_augmentation_is_seeded_and_stays_in_range() -> None:
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     gray = augment(x, AugmentConfig(crop_min_scale=1.0, flip=False, jitter=0.0, grayscale_prob=1.0))
     assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
-    with pytest.raises(
-        ValueError, match=r"images must be floating \(N, 3, H, W\) in \[0, 1\], got torch.uint8"
-    ):
-        augment(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), AugmentConfig())
