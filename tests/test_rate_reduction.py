@@ -155,6 +155,14 @@ def test_loss_module_and_gamma() -> None:
             ValueError,
             "num_classes",
         ),
+        (
+            torch.randn(10, 4),
+            torch.zeros(10, dtype=torch.long, device="meta"),
+            {},
+            ValueError,
+            "labels on meta",
+        ),
+        (torch.randn(10, 4, device="meta"), torch.zeros(10, dtype=torch.long), {}, ValueError, "z on meta"),
     ],
 )
 def test_bad_arguments(

@@ -62,13 +62,20 @@ def _check_num_classes(num_classes: object) -> int | None:
     return num_classes
 
 
-def _check_labels(labels: object, n: int) -> Tensor:
+def _check_labels(labels: object, z: Tensor) -> Tensor:
+    n = z.shape[0]
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape (n,) = ({n},) to match z, got shape {tuple(labels.shape)}")
+    if z.is_meta or labels.is_meta:
+        # The class sizes set the shapes of the computation, and a meta tensor holds no values to read them.
+        raise ValueError(
+            "rate_reduction reads the class sizes from the label values, which a meta tensor does not hold: "
+            f"got z on {z.device} and labels on {labels.device}"
+        )
     return labels
 
 
@@ -137,7 +144,8 @@ def rate_reduction(
 
     Raises:
         TypeError: If ``z`` is not floating or ``labels`` not integer.
-        ValueError: For a bad shape, labels of the wrong length or out of range, or a non-positive ``eps``.
+        ValueError: For a bad shape, labels of the wrong length or out of range, a non-positive ``eps``, or
+            ``z`` or ``labels`` on the meta device (the class sizes are read from the labels).
 
     Shape:
         - z: ``(n, d)``
@@ -164,7 +172,7 @@ def _rate_reduction(
     if z.ndim != 2:
         raise ValueError(f"z must have shape (n, d) for rate_reduction, got shape {tuple(z.shape)}")
     n, d = z.shape
-    labels = _check_labels(labels, n)
+    labels = _check_labels(labels, z)
     if settings.nonfinite == "raise":
         check_all_finite(z)
     compact, counts, sizes = _class_sizes(labels.to(device=z.device, dtype=torch.long), num_classes)
