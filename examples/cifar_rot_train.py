@@ -99,12 +99,13 @@ EPOCH_PLOTS = (
 @dataclass(frozen=True)
 class ModelConfig:
     """The seq-JEPA architecture (see :class:`jepa_rate.SeqJEPA`): ``conv`` is :class:`jepa_rate.ConvEncoder`
-    with ``conv_widths``, ``resnet18`` the CIFAR ResNet-18. The EMA decay ramps from ``ema_tau`` to
-    ``ema_tau_end`` on a cosine (``null``: constant). ``rate_on``: ``agg`` (z_AGG) or ``encoder`` (the
-    observed views' encodings)."""
+    with ``conv_widths`` and ``encoder_norm``, ``resnet18`` the CIFAR ResNet-18. The EMA decay ramps from
+    ``ema_tau`` to ``ema_tau_end`` on a cosine (``null``: constant). ``rate_on``: ``agg`` (z_AGG) or
+    ``encoder`` (the observed views' encodings)."""
 
     encoder: Literal["conv", "resnet18"] = "conv"
     conv_widths: tuple[int, ...] = (16, 32, 64, 128)
+    encoder_norm: Literal["batch", "none"] = "batch"  # none: the collapse control of the results page
     action_embed_dim: int = 32
     num_layers: int = 2
     num_heads: int = 4
@@ -155,6 +156,8 @@ class TrainConfig(RunConfig):
     seq: SeqConfig = field(default_factory=SeqConfig)
 
     def validate(self) -> None:
+        if self.model.encoder == "resnet18" and self.model.encoder_norm != "batch":
+            raise ValueError("model.encoder_norm=none is a setting of the conv encoder, not of resnet18")
         if VARIANTS[self.variant].target == "ema" and self.model.target_pass == "separate":
             raise ValueError(
                 f"model.target_pass=separate needs a stop-gradient target, not the EMA of {self.variant}"
@@ -200,8 +203,10 @@ class Parts(NamedTuple):
 
 def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     m, variant = cfg.model, VARIANTS[cfg.variant]
+    conv = m.encoder == "conv"
+    encoder = ConvEncoder(widths=m.conv_widths, norm=m.encoder_norm) if conv else cifar_resnet18()
     model = SeqJEPA(
-        cifar_resnet18() if m.encoder == "resnet18" else ConvEncoder(widths=m.conv_widths),
+        encoder,
         action_dim=4 if cfg.action_kind == "onehot" else 2,
         action_embed_dim=m.action_embed_dim,
         relative_actions=True,

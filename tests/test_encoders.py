@@ -24,3 +24,16 @@ def test_conv_encoder_size() -> None:
     assert enc(torch.randn(2, 3, 32, 32)).shape == (2, enc.out_dim)
     with pytest.raises(ValueError, match="widths"):
         ConvEncoder(widths=())
+
+
+def test_conv_encoder_without_norm_treats_samples_independently() -> None:
+    torch.manual_seed(0)
+    plain, normed = ConvEncoder(widths=(4, 8), norm="none"), ConvEncoder(widths=(4, 8))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in normed.modules()) == 2
+    x = torch.randn(4, 3, 16, 16)
+    # In training mode a sample's features depend on its batch only through batch statistics.
+    torch.testing.assert_close(plain(x)[:1], plain(x[:1]))
+    assert not torch.allclose(normed(x)[:2], normed(x[:2]))
+    with pytest.raises(ValueError, match="norm"):
+        ConvEncoder(norm="layer")  # type: ignore[arg-type]

@@ -27,6 +27,16 @@ ROT, TWO = cifar_rot_train.main, two_view_rate.main
         (ROT, ["--set", "model.dim_feedforward=0"], "model.dim_feedforward must be >= 1, got 0"),
         (ROT, ["--set", "model.conv_widths=[]"], "model.conv_widths must be one or more channel counts"),
         (ROT, ["--variant", "ema", "--set", "model.target_pass=separate"], "needs a stop-gradient target"),
+        (
+            ROT,
+            ["--config", "gpu", "--set", "model.encoder_norm=none"],
+            "encoder_norm=none is a setting of the conv",
+        ),
+        (
+            ROT,
+            ["--set", "model.encoder_norm=layer"],
+            "config key 'model.encoder_norm' in --set: Invalid value",
+        ),
         (ROT, ["--set", "optim.name=sgd"], "config key 'optim.name' in --set: Invalid value 'sgd'"),
         (
             ROT,

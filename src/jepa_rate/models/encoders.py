@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import Tensor, nn
 
-from jepa_rate._validation import check_bool, check_int
+from jepa_rate._validation import check_bool, check_choice, check_int
 
 __all__ = ["ConvEncoder", "cifar_resnet18"]
 
@@ -75,6 +76,9 @@ class ConvEncoder(nn.Module):
         in_channels: Image channels.
         widths: Channels of the successive blocks (each after the first halves the resolution).
         out_dim: If given, a final ``Linear(widths[-1], out_dim)``; else the features are ``widths[-1]``-d.
+        norm: ``"batch"`` (BatchNorm after each convolution) or ``"none"``: the same network without it,
+            whose batch statistics no longer couple the samples of a batch (a collapse control for
+            teacherless methods, see ``docs/concepts/seq_jepa.md``).
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -92,10 +96,15 @@ class ConvEncoder(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128, 256), out_dim: int | None = None
+        self,
+        in_channels: int = 3,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        out_dim: int | None = None,
+        norm: Literal["batch", "none"] = "batch",
     ) -> None:
         super().__init__()
         check_int(in_channels, "in_channels")
+        check_choice(norm, "norm", ("batch", "none"))
         widths = tuple(widths)
         if not widths:
             raise ValueError(f"widths must name at least one block, got {widths!r}")
@@ -106,7 +115,7 @@ class ConvEncoder(nn.Module):
         for i, width in enumerate(widths):
             blocks += [
                 nn.Conv2d(channels, width, kernel_size=3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                nn.BatchNorm2d(width),
+                nn.BatchNorm2d(width) if norm == "batch" else nn.Identity(),
                 nn.ReLU(inplace=True),
             ]
             channels = width
