@@ -1,4 +1,4 @@
-"""Runs the docstring examples of ``examples/common`` and ``compare_runs`` with the default test paths."""
+"""Runs the docstring examples of ``examples/common``, ``compare_runs`` and ``sweep``, default test paths."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ MODULES = [
     "common.splits",
     "common.views",
     "compare_runs",
+    "sweep",
 ]
 
 
