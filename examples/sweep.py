@@ -39,6 +39,8 @@ __all__ = ["Run", "aggregate", "build_runs", "main", "parse_grid", "parse_seeds"
 
 # ------------------------------------------------------------------------- the trainer, in one place
 TRAINER = Path(__file__).with_name("cifar_rot_train.py")
+#: Keys the sweep sets for each run (``--seeds``, ``--out``, the run name), so not in ``--set`` / ``--grid``.
+RESERVED = ("seed", "out_dir", "name")
 SUMMARY = "summary.json"  # a finished run; last.pt (RunDir.CHECKPOINT) marks a resumable one
 #: Table column -> dotted key of the trainer's ``summary.json``.
 METRICS: dict[str, str] = {
@@ -184,8 +186,11 @@ def execute(runs: Sequence[Run], config: str, sets: Sequence[str], out: Path, jo
                                   env=env, check=False).returncode  # fmt: skip
         return None if code == 0 else f"{run_name(run)} (exit {code}, see {log})"
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         return [failed for failed in pool.map(one, todo) if failed is not None]
+    finally:  # on Ctrl-C the running trainers checkpoint and stop; the waiting runs must not start
+        pool.shutdown(cancel_futures=True)
 
 
 def _is_number(text: str) -> bool:
@@ -271,6 +276,9 @@ def parse_args(
         parser.error(str(err))
     if len({k for k, _ in grid}) != len(grid):
         parser.error(f"--grid names a key twice: {', '.join(k for k, _ in grid)}")
+    keys = [k for k, _ in grid] + [s.partition("=")[0].strip() for s in args.sets]
+    if reserved := [k for k in keys if k in RESERVED]:
+        parser.error(f"the sweep sets {', '.join(reserved)} itself: use --seeds and --out instead")
     seeds = parse_seeds(args.seeds)
     if seeds is None:
         parser.error(f"--seeds must be distinct non-negative integers like 0,1,2, got {args.seeds!r}")

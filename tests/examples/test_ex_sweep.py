@@ -131,6 +131,8 @@ def test_finished_runs_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (["--variant", "ema", "--grid", "rate.wieght=1"], "rate.wieght"),
         (["--variant", "ema", "--grid", "rate.weight=abc"], "rate.weight"),
         ([], "nothing to run: give at least one --variant or --baseline"),
+        (["--variant", "ema", "--set", "seed=3"], "the sweep sets seed itself: use --seeds and --out"),
+        (["--variant", "ema", "--grid", "out_dir=a,b"], "the sweep sets out_dir itself"),
         (["--baseline", "ema", "--grid", "rate.weight=1"], "--grid needs a --variant to sweep"),
     ],
 )
