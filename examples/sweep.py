@@ -2,9 +2,9 @@
 
 Usage::
 
-    python examples/sweep.py --config sweep --variant teacherless_rate --variant ema_rate \\
+    python examples/sweep.py --config cpu --variant teacherless_rate --variant ema_rate \\
         --grid rate.weight=1e-3,3e-3,1e-2,3e-2,1e-1 --seeds 0,1 --baseline ema --baseline teacherless \\
-        --set epochs=3 --jobs 1 --out runs/sweep_lambda
+        --set data.train_size=20000 --set epochs=3 --jobs 1 --out runs/sweep_lambda
 
 Every (variant, grid point, seed) is one trainer run in ``<out>/<name>/``; each ``--baseline`` variant runs
 once per seed without the grid. Finished runs (with ``summary.json``) are skipped and stopped ones (with
