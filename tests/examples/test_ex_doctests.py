@@ -1,4 +1,4 @@
-"""Runs the docstring examples of ``examples/common`` and ``compare_runs``."""
+"""Runs the docstring examples of ``examples/common``, ``compare_runs`` and ``sweep``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["common.checkpoint", "common.config", "common.data", "common.evaluation", "common.augment",
-           "common.optim", "common.report", "common.views", "compare_runs"]  # fmt: skip
+           "common.optim", "common.report", "common.views", "compare_runs", "sweep"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)
