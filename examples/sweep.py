@@ -31,8 +31,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common.config import ConfigError, load_config
-from common.outputs import RunDir
+from common.config import ConfigError, load_config, preset_path
 from compare_runs import collect_summaries, markdown_table
 
 __all__ = ["Run", "aggregate", "build_runs", "main", "parse_grid", "parse_seeds", "run_name"]
@@ -41,7 +40,7 @@ __all__ = ["Run", "aggregate", "build_runs", "main", "parse_grid", "parse_seeds"
 TRAINER = Path(__file__).with_name("cifar_rot_train.py")
 #: Keys the sweep sets for each run (``--seeds``, ``--out``, the run name), so not in ``--set`` / ``--grid``.
 RESERVED = ("seed", "out_dir", "name")
-SUMMARY = "summary.json"  # a finished run; last.pt (RunDir.CHECKPOINT) marks a resumable one
+SUMMARY, CHECKPOINT = "summary.json", "last.pt"  # a finished run; a resumable one
 #: Table column -> dotted key of the trainer's ``summary.json``.
 METRICS: dict[str, str] = {
     "z_agg.linear_acc": "offline.z_agg.linear_acc",
@@ -68,7 +67,7 @@ class Run:
 def trainer_command(run: Run, config: str, sets: Sequence[str], out: Path) -> list[str]:
     """The trainer's command line for ``run``: a resume when its folder holds ``last.pt``, else a new run."""
     folder = out / run_name(run)
-    if (folder / RunDir.CHECKPOINT).is_file():
+    if (folder / CHECKPOINT).is_file():
         return [sys.executable, str(TRAINER), "--resume", str(folder)]
     grid = [f"{k}={v}" for k, v in run.point]
     overrides = [f"--set={s}" for s in [*sets, *grid, f"seed={run.seed}", f"out_dir={out}"]]
@@ -87,12 +86,8 @@ def check_config(run: Run, config: str, sets: Sequence[str]) -> None:
     """Resolves ``run``'s config as the trainer will, so a bad key or value fails before any run starts."""
     from cifar_rot_train import TrainConfig
 
-    grid = [f"{k}={v}" for k, v in run.point]
-    cfg = load_config(TrainConfig, config, [*sets, *grid, f"variant={run.variant}", f"seed={run.seed}"])
-    try:
-        cfg.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    overrides = [*sets, *(f"{k}={v}" for k, v in run.point), f"variant={run.variant}", f"seed={run.seed}"]
+    load_config(TrainConfig, preset_path(config), overrides)
 
 
 # ------------------------------------------------------------------------------------------ the grid

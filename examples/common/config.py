@@ -273,7 +273,8 @@ def _load_yaml(path: Path) -> DictConfig:
     return conf
 
 
-def _preset_path(preset: str, config_dir: Path) -> Path:
+def preset_path(preset: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """The YAML file of ``preset``: a path to one, or the name of a file in ``config_dir``."""
     path = Path(preset).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
@@ -349,7 +350,7 @@ def parse_config(
                 raise ConfigError(f"cannot resume '{args.resume}': it has no config.yaml")
             cfg = load_config(cls, saved, overrides, saved=True)
         else:
-            cfg = load_config(cls, _preset_path(args.config, config_dir), overrides)
+            cfg = load_config(cls, preset_path(args.config, config_dir), overrides)
         if args.name is not None:
             cfg = replace(cfg, name=args.name)
     except (ConfigError, ValueError) as err:

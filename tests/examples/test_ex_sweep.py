@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 import sweep
-from common.outputs import RunDir
 from sweep import Run, aggregate, build_runs, parse_grid, parse_seeds, run_name
 
 
@@ -92,7 +91,7 @@ def test_trainer_command_starts_or_resumes(tmp_path: Path) -> None:
     assert argv[-3:] == ["--name", "ema_rate-rate.weight=0.01-s3", "--overwrite"]
     folder = tmp_path / run_name(run)
     folder.mkdir()
-    (folder / RunDir.CHECKPOINT).write_bytes(b"")
+    (folder / sweep.CHECKPOINT).write_bytes(b"")
     assert sweep.trainer_command(run, "tiny", ["epochs=1"], tmp_path)[2:] == ["--resume", str(folder)]
 
 
