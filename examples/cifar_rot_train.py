@@ -113,7 +113,7 @@ class ModelConfig:
     dropout: float = 0.1
     predictor_hidden: int = 256
     predictor_norm: Literal["batch", "layer", "none"] = "batch"
-    target_pass: Literal["joint", "separate"] = "joint"
+    target_pass: Literal["joint", "separate"] = "joint"  # a stop-gradient target's encoder pass
     loss: Literal["cosine", "mse", "smooth_l1"] = "cosine"
     rate_on: Literal["agg", "encoder"] = "agg"
     ema_tau: float = 0.996
@@ -158,10 +158,6 @@ class TrainConfig(RunConfig):
     def validate(self) -> None:
         if self.model.encoder == "resnet18" and self.model.encoder_norm != "batch":
             raise ValueError("model.encoder_norm=none is a setting of the conv encoder, not of resnet18")
-        if VARIANTS[self.variant].target == "ema" and self.model.target_pass == "separate":
-            raise ValueError(
-                f"model.target_pass=separate needs a stop-gradient target, not the EMA of {self.variant}"
-            )
         if VARIANTS[self.variant].symmetric and self.seq.actions == "sincos":
             raise ValueError(
                 "variant symmetric_rate inverts actions by negation, which is wrong for sincos codes "
@@ -219,7 +215,8 @@ def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) 
         predictor_hidden=m.predictor_hidden,
         predictor_norm=m.predictor_norm,
         symmetric=variant.symmetric,
-        target_pass=m.target_pass,
+        # An EMA teacher always encodes the target in its own pass; the key applies to stop-gradient targets.
+        target_pass=m.target_pass if variant.target == "stopgrad" else "joint",
     ).to(info.device)
     p, hidden = cfg.probe, cfg.probe.hidden
     class_head = nn.Linear(model.aggregator.d_model, num_classes)

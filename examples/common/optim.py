@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -31,19 +32,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Warmup then half-cosine to ``min_lr``, at step ``step + 1`` (the first step already learns and the last
-    reaches ``min_lr``), or, with ``schedule_unit=epoch``, at the step's epoch ``+ 1`` held for the epoch.
+    reaches ``min_lr``); with ``schedule_unit=epoch``, the seq-JEPA fork's per-epoch rule: epoch ``e`` of the
+    warmup gets ``(e + 1) / warmup`` of the peak, the epoch after it the peak, the last epoch ``min_lr``.
 
     Examples:
         >>> cfg = OptimConfig(lr=1.0, min_lr=0.0, warmup_epochs=1)
         >>> [round(learning_rate(cfg, k, 4, 2), 3) for k in range(4)]
         [0.5, 1.0, 0.5, 0.0]
+        >>> fork = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_epochs=2, schedule_unit="epoch")
+        >>> [round(learning_rate(fork, e, 10, 1), 6) for e in (0, 1, 2, 5, 9)]
+        [0.0005, 0.001, 0.001, 0.00065, 0.0001]
     """
     if cfg.schedule_unit == "epoch":
-        epochs = total_steps // steps_per_epoch
+        epochs, epoch = total_steps // steps_per_epoch, step // steps_per_epoch
         warmup = min(round(cfg.warmup_epochs), epochs)
-        return warmup_cosine(
-            step // steps_per_epoch + 1, peak=cfg.lr, total_steps=epochs, warmup_steps=warmup, end=cfg.min_lr
-        )
+        if epoch < warmup:
+            return cfg.lr * (epoch + 1) / warmup
+        progress = min((epoch - warmup) / max(epochs - warmup - 1, 1), 1.0)
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
     return warmup_cosine(step + 1, peak=cfg.lr, total_steps=total_steps, warmup_steps=warmup, end=cfg.min_lr)
 

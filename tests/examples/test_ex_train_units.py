@@ -61,11 +61,15 @@ def test_learning_rate_warms_up_then_decays_to_min_lr() -> None:
         OptimConfig(lr=-1)
 
 
-def test_learning_rate_per_epoch_is_constant_within_an_epoch() -> None:
+def test_learning_rate_per_epoch_is_the_forks_rule_held_within_an_epoch() -> None:
     cfg = OptimConfig(lr=1.0, min_lr=0.0, warmup_epochs=2, schedule_unit="epoch")
     lrs = [learning_rate(cfg, k, 12, 3) for k in range(12)]
-    assert [lrs[3 * e] for e in range(4)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
+    assert [lrs[3 * e] for e in range(4)] == pytest.approx([0.5, 1.0, 1.0, 0.0])
     assert all(lrs[k] == lrs[k - k % 3] for k in range(12))
+    # The seq-JEPA fork's tuned teacherless run (Adam, lr 1e-3, 2 warmup epochs, min_lr 1e-4, 10 epochs).
+    fork = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_epochs=2, schedule_unit="epoch")
+    expected = [5e-4, 1e-3, 1e-3, 9.55e-4, 8.31e-4, 6.5e-4, 4.5e-4, 2.69e-4, 1.45e-4, 1e-4]
+    assert [learning_rate(fork, e, 10, 1) for e in range(10)] == pytest.approx(expected, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------- probes
