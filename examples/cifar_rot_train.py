@@ -44,10 +44,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from common.checkpoint import restore
 from common.config import RunConfig, check_min, check_range, parse_config
 from common.data import CifarData, batch_indices, mix_seed
-from common.dist import DistInfo, any_rank, barrier, wrap
+from common.dist import DistInfo, wrap
 from common.evaluation import (
     OnlineProbe,
     accuracy,
@@ -60,7 +59,7 @@ from common.evaluation import (
 )
 from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
 from common.report import Progress
-from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
+from common.run import Run, StopRequest, guarded, open_run
 from common.views import ROTATION_SINCOS, draw_rotations, rotation_actions, rotation_views
 from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
 
@@ -307,9 +306,7 @@ def offline_evaluation(
     train = encode(cfg, model, data.train.images.to(device), 1)
     test = encode(cfg, model, data.test.images.to(device), 2)
     out: dict[str, Any] = {
-        name: classification_metrics(
-            train[key], data.train.labels, test[key], data.test.labels, data.num_classes, cfg.eval, device
-        )
+        name: classification_metrics(train[key], test[key], data, cfg.eval, device)
         for name, key in (("z_agg", "z_agg"), ("encoder", "z0"))
     }
     pairs = [torch.cat((f["z0"], f["z1"]), dim=1) for f in (train, test)]
@@ -319,81 +316,47 @@ def offline_evaluation(
 
 
 # ---------------------------------------------------------------------------------------- the training run
-def prepare(cfg: TrainConfig, resume: Path | None, overwrite: bool) -> Setup:
-    """Data, run folder, model and the resumed state: everything is checked before anything is written."""
-    info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
-    per_epoch = len(data.train) // cfg.batch_size
-    parts, meter = build(cfg, cfg.epochs * per_epoch, data.num_classes, info), Meter(info.device)
-    start = 0
-    if checkpoint is not None:
-        restore(run.checkpoint, checkpoint["state"], {**parts.state(), "meter": meter})
-        start = int(checkpoint["step"])
-    run.begin(cfg, start, overwrite=overwrite)
-    barrier()
-    return Setup(info, data, run, parts, meter, start, cfg.epochs * per_epoch, per_epoch)
-
-
-def train(cfg: TrainConfig, s: Setup, stop_after: int | None) -> int | None:
+def train(cfg: TrainConfig, run: Run, parts: Parts, stop_after: int | None) -> int | None:
     """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
-    info, run, parts, meter = s.info, s.run, s.parts, s.meter
-    images, labels = s.data.train.images.to(info.device), s.data.train.labels.to(info.device)
-    progress = Progress(s.total, s.start, cfg.log_every, enabled=info.is_main)
-    progress.write(
-        f"run {run.path}: {s.data.description} | {cfg.variant} | {s.total} steps of {cfg.batch_size} "
-        f"on {info.device} x{info.world_size}" + (f" | resumed at step {s.start}" if s.start else "")
-    )
+    info, device = run.info, run.info.device
+    images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     local = cfg.batch_size // info.world_size
     with StopRequest() as stop:
-        for step in range(s.start, s.total):
+        for step in range(run.start, run.total):
             torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # nothing random depends on the past
-            idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size).to(
-                info.device
-            )
+            idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
             turns = draw_rotations(cfg.batch_size, cfg.seq.num_observations + 1, mix_seed(cfg.seed, step))
             turns = turns[info.rank * local : (info.rank + 1) * local]  # drawn for the global batch
-            lr = learning_rate(cfg.optim, step, s.total, s.per_epoch)
+            lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            w = rate_weight(cfg.rate, step, s.total, s.per_epoch) if VARIANTS[cfg.variant].rate else 0.0
-            timing, began = meter.timing_due(step, s.total, cfg.timing_every), time.perf_counter()
-            metrics = train_step(cfg, parts, images[idx], labels[idx], turns, w)
-            meter.step_done(began, timing, parts.rate_loss, metrics.pop("rate_shape"))
-            due = (step + 1) % cfg.log_every == 0 or step + 1 == s.total
-            values = run.log_step(meter, step, s.per_epoch, {**metrics, "lr": lr}, due)
-            progress.update(
-                cfg.batch_size, {k: values[k] for k in ("loss", "rate", "lr", "tau") if k in values}
-            )
-            epoch_end = (step + 1) % s.per_epoch == 0
-            if epoch_end:
-                record = run.epoch_record(meter, step + 1, s.per_epoch)
+            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if VARIANTS[cfg.variant].rate else 0.0
+            began = time.perf_counter()
+            metrics = train_step(cfg, parts, images[idx.to(device)], labels[idx.to(device)], turns, w)
+            run.log_step(step, began, parts.rate_loss, {**metrics, "lr": lr})
+            if (step + 1) % run.per_epoch == 0:
+                record = run.epoch_record(step + 1)
                 if info.is_main:  # evaluation on rank 0 only, without collectives
-                    record.update(evaluate_epoch(cfg, parts, s.data, progress, record["epoch"]))
-                run.log_epoch(record, meter, cfg.epochs, progress)
-            stopping = any_rank(stop.signal_name is not None or step + 1 == stop_after, info.device)
-            if epoch_end or stopping or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0):
-                run.save(step + 1, cfg, meter, parts.state())
-            if stopping:
-                return run.stopped(progress, stop.signal_name, step + 1)
-    progress.close()
+                    record.update(evaluate_epoch(cfg, parts, run.data, run.progress, record["epoch"]))
+                run.log_epoch(record)
+            if run.save(step + 1, parts.state(), stop, stop_after):
+                return run.stopped(stop.signal_name, step + 1)
+    run.progress.close()
     return None
-
-
-def finish(cfg: TrainConfig, s: Setup) -> None:
-    """The offline evaluation of frozen features (rank 0), then the summary, plots and report."""
-    offline = None
-    if s.info.is_main and cfg.eval.offline:
-        print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        offline = offline_evaluation(cfg, s.parts.model, s.data, s.info.device)
-    finish_run(cfg, s, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config(TrainConfig, argv, description=__doc__.splitlines()[0], variants=list(VARIANTS))
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
-        setup = prepare(cfg, args.resume, args.overwrite)
-        code = train(cfg, setup, args.stop_after)
+        run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
+        parts = build(cfg, run.total, run.data.num_classes, run.info)
+        run.begin(parts.state(), overwrite=args.overwrite)
+        code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            finish(cfg, setup)
+            offline = (
+                offline_evaluation(cfg, parts.model, run.data, run.info.device) if run.offline() else None
+            )
+            run.finish(parts.model, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 
 

@@ -37,10 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from common.augment import AugmentConfig, augment
-from common.checkpoint import restore
 from common.config import CONFIG_DIR, RunConfig, check_min, check_range, parse_config
 from common.data import CifarData, batch_indices, mix_seed, normalize
-from common.dist import DistInfo, any_rank, wrap
+from common.dist import DistInfo, wrap
 from common.evaluation import (
     OnlineProbe,
     accuracy,
@@ -50,7 +49,7 @@ from common.evaluation import (
 )
 from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
 from common.report import Progress
-from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
+from common.run import Run, StopRequest, guarded, open_run
 from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
 
 VARIANTS = ("simsiam", "byol", "rate", "none")
@@ -219,90 +218,57 @@ def evaluate_epoch(
     return {**record, **collapse_diagnostics(f, progress.write, epoch)}
 
 
-# ---------------------------------------------------------------------------------------- the training run
-def prepare(cfg: TwoViewConfig, resume: Path | None, overwrite: bool) -> Setup:
-    info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
-    per_epoch = len(data.train) // cfg.batch_size
-    parts, meter = build(cfg, cfg.epochs * per_epoch, data.num_classes, info), Meter(info.device)
-    if checkpoint is not None:
-        restore(run.checkpoint, checkpoint["state"], {**parts.state(), "meter": meter})
-    start = int(checkpoint["step"]) if checkpoint is not None else 0
-    run.begin(cfg, start, overwrite=overwrite)
-    return Setup(info, data, run, parts, meter, start, cfg.epochs * per_epoch, per_epoch)
-
-
-def train(cfg: TwoViewConfig, s: Setup, stop_after: int | None) -> int | None:
-    """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
-    run, parts, meter, device = s.run, s.parts, s.meter, s.info.device
-    images, labels = s.data.train.images.to(device), s.data.train.labels.to(device)
-    progress = Progress(s.total, s.start, cfg.log_every, enabled=s.info.is_main)
-    progress.write(
-        f"run {run.path}: {s.data.description} | {cfg.variant} | {s.total} steps of {cfg.batch_size}"
+def offline_evaluation(
+    cfg: TwoViewConfig, model: TwoViewNet, data: CifarData, device: torch.device
+) -> dict[str, Any]:
+    """Linear probe and k-NN on frozen encoder features."""
+    train, test = (
+        encode(cfg, model, split.images.to(device))["encoder"] for split in (data.train, data.test)
     )
+    return {"encoder": classification_metrics(train, test, data, cfg.eval, device)}
+
+
+# ---------------------------------------------------------------------------------------- the training run
+def train(cfg: TwoViewConfig, run: Run, parts: Parts, stop_after: int | None) -> int | None:
+    """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
+    info, device = run.info, run.info.device
+    images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     with StopRequest() as stop:
-        for step in range(s.start, s.total):
-            torch.manual_seed(mix_seed(cfg.seed, step, 1 + s.info.rank))  # the augmentations of this step
-            idx = batch_indices(
-                len(images), cfg.batch_size, cfg.seed, step, s.info.rank, s.info.world_size
-            ).to(device)
+        for step in range(run.start, run.total):
+            torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # the augmentations of this step
+            idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
+            lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
-                group["lr"] = lr = learning_rate(cfg.optim, step, s.total, s.per_epoch)
-            w = rate_weight(cfg.rate, step, s.total, s.per_epoch) if cfg.variant == "rate" else 0.0
-            timing, began = meter.timing_due(step, s.total, cfg.timing_every), time.perf_counter()
-            metrics = train_step(cfg, parts, images[idx], labels[idx], w)
-            meter.step_done(began, timing, parts.rate_loss, metrics.pop("rate_shape"))
-            last_of_log, last_of_epoch = (
-                (step + 1) % cfg.log_every == 0 or step + 1 == s.total,
-                (step + 1) % s.per_epoch == 0,
-            )
-            shown = run.log_step(meter, step, s.per_epoch, {**metrics, "lr": lr}, last_of_log)
-            progress.update(
-                cfg.batch_size, {k: v for k, v in shown.items() if k in ("loss", "rate", "lr", "tau")}
-            )
-            if last_of_epoch:
-                record = run.epoch_record(meter, step + 1, s.per_epoch)
-                record.update(
-                    evaluate_epoch(cfg, parts, s.data, progress, record["epoch"]) if s.info.is_main else {}
-                )
-                run.log_epoch(record, meter, cfg.epochs, progress)
-            stopping = any_rank(stop.signal_name is not None or step + 1 == stop_after, device)
-            if last_of_epoch or stopping or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0):
-                run.save(step + 1, cfg, meter, parts.state())
-            if stopping:
-                return run.stopped(progress, stop.signal_name, step + 1)
-    progress.close()
+                group["lr"] = lr
+            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if cfg.variant == "rate" else 0.0
+            began = time.perf_counter()
+            metrics = train_step(cfg, parts, images[idx.to(device)], labels[idx.to(device)], w)
+            run.log_step(step, began, parts.rate_loss, {**metrics, "lr": lr})
+            if (step + 1) % run.per_epoch == 0:
+                record = run.epoch_record(step + 1)
+                if info.is_main:  # evaluation on rank 0 only, without collectives
+                    record.update(evaluate_epoch(cfg, parts, run.data, run.progress, record["epoch"]))
+                run.log_epoch(record)
+            if run.save(step + 1, parts.state(), stop, stop_after):
+                return run.stopped(stop.signal_name, step + 1)
+    run.progress.close()
     return None
 
 
-def finish(cfg: TwoViewConfig, s: Setup) -> None:
-    """Linear probe and k-NN on frozen encoder features (rank 0), then the summary, plots and report."""
-    offline, model, data, device = None, s.parts.model, s.data, s.info.device
-    if s.info.is_main and cfg.eval.offline:
-        print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        train, test = (
-            encode(cfg, model, split.images.to(device))["encoder"] for split in (data.train, data.test)
-        )
-        metrics = classification_metrics(
-            train, data.train.labels, test, data.test.labels, data.num_classes, cfg.eval, device
-        )
-        offline = {"encoder": metrics}
-    finish_run(cfg, s, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(
-        TwoViewConfig,
-        argv,
-        description=__doc__.splitlines()[0],
-        variants=list(VARIANTS),
-        config_dir=CONFIG_DIR / "two_view",
-        name_prefix="two_view-",
-    )
+    description, configs = __doc__.splitlines()[0], CONFIG_DIR / "two_view"
+    cfg, args = parse_config(TwoViewConfig, argv, description=description, variants=list(VARIANTS),
+                             config_dir=configs, name_prefix="two_view-")  # fmt: skip
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
-        setup = prepare(cfg, args.resume, args.overwrite)
-        code = train(cfg, setup, args.stop_after)
+        run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
+        parts = build(cfg, run.total, run.data.num_classes, run.info)
+        run.begin(parts.state(), overwrite=args.overwrite)
+        code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            finish(cfg, setup)
+            offline = (
+                offline_evaluation(cfg, parts.model, run.data, run.info.device) if run.offline() else None
+            )
+            run.finish(parts.model, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 
 

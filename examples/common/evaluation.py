@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.config import EvalConfig
-from common.data import balanced_subset
+from common.data import CifarData, balanced_subset
 from common.views import ROTATION_SINCOS
 from jepa_rate import collapse_metrics
 
@@ -173,17 +173,12 @@ def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
 
 def classification_metrics(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    num_classes: int,
-    cfg: EvalConfig,
-    device: torch.device,
+    train_x: Tensor, test_x: Tensor, data: CifarData, cfg: EvalConfig, device: torch.device
 ) -> dict[str, float]:
-    """Linear-probe and k-NN accuracy of one feature set, computed on ``device``."""
-    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    out = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg)
+    """Linear-probe and k-NN accuracy of features of ``data``'s splits, computed on ``device``."""
+    train_x, test_x = train_x.to(device), test_x.to(device)
+    train_y, test_y = data.train.labels.to(device), data.test.labels.to(device)
+    out = linear_probe(train_x, train_y, test_x, test_y, data.num_classes, cfg)
     return {**out, "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k)}
 
 
