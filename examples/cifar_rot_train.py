@@ -1,36 +1,23 @@
 """Train seq-JEPA on CIFAR-10 rotation sequences, with an EMA teacher or a coding-rate regularizer.
 
-The question behind it: can a coding-rate regularizer replace the EMA teacher without collapse? Each image is
-seen as ``M + 1`` views (view 0 unrotated, the others rotated by random quarter turns; the last is the
-target). seq-JEPA encodes the ``M`` observed views, aggregates them with their relative actions into
-``z_AGG`` and predicts the target view's embedding. The loss is written out in :func:`train_step`::
+Can a coding-rate regularizer replace the EMA teacher without collapse? Each image is seen as ``M + 1``
+views (view 0 unrotated, the others rotated by random quarter turns; the last is the target). seq-JEPA
+encodes the ``M`` observed views, aggregates them with their relative actions into ``z_AGG`` and predicts
+the target view's embedding. The loss, in :func:`train_step`::
 
     loss = prediction_loss(prediction, target) - w * R(z_AGG)        # w: rate.weight through rate.schedule
 
-=================== ================================ =========== =========
-variant             target of the prediction         coding rate symmetric
-=================== ================================ =========== =========
-``ema``             EMA teacher (upstream seq-JEPA)  no          no
-``ema_rate``        EMA teacher                      yes         no
-``teacherless_rate`` online encoder, stop-gradient   yes         no
-``teacherless``     online encoder, stop-gradient    no          no
-``symmetric_rate``  online encoder, stop-gradient    yes         yes
-=================== ================================ =========== =========
-
-``teacherless`` is the control, expected to collapse. ``symmetric_rate`` also predicts the first view from
-the reversed sequence; seq-JEPA inverts its actions by negation, which maps the ``[sin, cos]`` code of 0
-degrees onto 180, so with ``seq.actions=auto`` it uses one-hot codes.
+``VARIANTS`` lists the variants (target, rate, symmetric); ``teacherless`` is the control, expected to
+collapse. docs/trainer.md explains the variants, the outputs and how to read them.
 
 Usage::
 
     python examples/cifar_rot_train.py                            # demo preset: embedded subset, ~1 min CPU
-    python examples/cifar_rot_train.py --config cpu --variant ema_rate
-    python examples/cifar_rot_train.py --set optim.lr=3e-4 --set rate.weight=0.1
+    python examples/cifar_rot_train.py --config cpu --variant ema_rate --set rate.weight=0.1
     torchrun --nproc_per_node=2 examples/cifar_rot_train.py --config cpu
     python examples/cifar_rot_train.py --resume runs/demo-teacherless_rate   # continue a stopped run
 
-Outputs go to ``runs/<name>/`` (default ``<preset>-<variant>``): ``config.yaml``, ``metrics.jsonl`` /
-``metrics.csv``, ``summary.json``, ``last.pt`` and plots; ``examples/compare_runs.py`` compares runs.
+Outputs go to ``runs/<name>/`` (default ``<preset>-<variant>``); ``examples/compare_runs.py`` compares runs.
 """
 
 from __future__ import annotations
@@ -44,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from common.config import RunConfig, check_min, check_range, parse_config
+from common.config import EncoderConfig, RunConfig, check_min, check_range, parse_config
 from common.data import CifarData, batch_indices, mix_seed
 from common.dist import DistInfo, wrap
 from common.evaluation import (
@@ -57,11 +44,11 @@ from common.evaluation import (
     r2_score,
     rotation_accuracy,
 )
-from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
+from common.optim import build_optimizer, learning_rate, rate_weight
 from common.report import Progress
 from common.run import Run, StopRequest, guarded, open_run
 from common.views import ROTATION_SINCOS, draw_rotations, rotation_actions, rotation_views
-from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
+from jepa_rate import CodingRateLoss, SeqJEPA, prediction_loss
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -80,15 +67,8 @@ VARIANTS = {
 }
 #: What the plots show: the step records (train_curves.png) and the epoch records (epoch_metrics.png).
 STEP_PLOTS = (
-    "loss",
-    "pred_loss",
-    "rate",
-    "norm_rate",
-    "lr",
-    "tau",
-    "probe_class_loss",
-    "probe_rotation_loss",
-)
+    "loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss", "probe_rotation_loss",
+)  # fmt: skip
 EPOCH_PLOTS = (
     "train.pred_loss", "val_pred_loss", "train.rate", "online.linear_acc", "online.rotation_r2",
     "online.rotation_acc", "encoder.effective_rank", "z_agg.effective_rank", "z_agg.normalized_std",
@@ -96,14 +76,10 @@ EPOCH_PLOTS = (
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The seq-JEPA architecture (see :class:`jepa_rate.SeqJEPA`): ``conv`` is :class:`jepa_rate.ConvEncoder`
-    with ``conv_widths``, ``resnet18`` the CIFAR ResNet-18. The EMA decay ramps from ``ema_tau`` to
-    ``ema_tau_end`` on a cosine (``null``: constant). ``rate_on``: ``agg`` (z_AGG) or ``encoder`` (the
-    observed views' encodings)."""
+class ModelConfig(EncoderConfig):
+    """The seq-JEPA architecture (see :class:`jepa_rate.SeqJEPA`) on the encoder of
+    :class:`common.config.EncoderConfig`. ``rate_on``: ``agg`` (z_AGG) or ``encoder`` (the encodings)."""
 
-    encoder: Literal["conv", "resnet18"] = "conv"
-    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
     action_embed_dim: int = 32
     num_layers: int = 2
     num_heads: int = 4
@@ -114,17 +90,11 @@ class ModelConfig:
     target_pass: Literal["joint", "separate"] = "joint"
     loss: Literal["cosine", "mse", "smooth_l1"] = "cosine"
     rate_on: Literal["agg", "encoder"] = "agg"
-    ema_tau: float = 0.996
-    ema_tau_end: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not self.conv_widths or min(self.conv_widths) < 1:
-            raise ValueError(
-                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
-            )
+        super().__post_init__()
         check_min(self, "model.", 1, "action_embed_dim num_layers num_heads dim_feedforward predictor_hidden")
         check_range(self, "model.", 0.0, 1.0, "dropout", open_high=True)
-        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
@@ -163,9 +133,7 @@ class TrainConfig(RunConfig):
                 "variant symmetric_rate inverts actions by negation, which is wrong for sincos codes "
                 "(the identity becomes 180 degrees): use seq.actions=onehot or auto"
             )
-        width = (
-            512 if self.model.encoder == "resnet18" else self.model.conv_widths[-1]
-        ) + self.model.action_embed_dim
+        width = self.model.feature_dim + self.model.action_embed_dim
         if width % self.model.num_heads:
             raise ValueError(
                 f"model.num_heads={self.model.num_heads} must divide the aggregator width {width} "
@@ -200,12 +168,12 @@ class Parts(NamedTuple):
 def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     m, variant = cfg.model, VARIANTS[cfg.variant]
     model = SeqJEPA(
-        cifar_resnet18() if m.encoder == "resnet18" else ConvEncoder(widths=m.conv_widths),
+        m.build_encoder(),
         action_dim=4 if cfg.action_kind == "onehot" else 2,
         action_embed_dim=m.action_embed_dim,
         relative_actions=True,
         target=variant.target,
-        ema_decay=ema_schedule(m.ema_tau, m.ema_tau_end, total_steps),
+        ema_decay=m.ema_decay(total_steps),
         num_layers=m.num_layers,
         num_heads=m.num_heads,
         dim_feedforward=m.dim_feedforward,
@@ -346,7 +314,7 @@ def train(cfg: TrainConfig, run: Run, parts: Parts, stop_after: int | None) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(TrainConfig, argv, description=__doc__.splitlines()[0], variants=list(VARIANTS))
+    cfg, args = parse_config(TrainConfig, argv, __doc__.splitlines()[0], list(VARIANTS))
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
         run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
         parts = build(cfg, run.total, run.data.num_classes, run.info)

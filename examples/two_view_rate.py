@@ -6,14 +6,9 @@ view's ``z`` to the other's, and the loss is written out in :func:`train_step`::
 
     loss = (D(p1, t2) + D(p2, t1)) / 2 - w * (R(z1) + R(z2)) / 2     # D: negative cosine; w: rate.weight
 
-================ ======================================================================================
-variant          target ``t`` of the prediction, and what prevents collapse
-================ ======================================================================================
-``simsiam``      ``t = stopgrad(z)`` of the other view (SimSiam's stop-gradient)
-``byol``         ``t`` = an EMA copy of encoder + projector (:class:`jepa_rate.EMATarget`, tau ramp to 1)
-``rate``         ``t = z``, gradients through both branches, and the coding rate of each view's ``z``
-``none``         ``t = z``, nothing else: the control, expected to collapse
-================ ======================================================================================
+The target ``t`` is ``stopgrad(z)`` (``simsiam``), an EMA copy of encoder + projector (``byol``), or ``z``
+itself with the rate (``rate``) or without it (``none``: the control, expected to collapse). See
+docs/two_view.md.
 
 Usage::
 
@@ -37,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from common.augment import AugmentConfig, augment
-from common.config import CONFIG_DIR, RunConfig, check_min, check_range, parse_config
+from common.config import EncoderConfig, RunConfig, check_min, parse_config
 from common.data import CifarData, batch_indices, mix_seed, normalize
 from common.dist import DistInfo, wrap
 from common.evaluation import (
@@ -47,10 +42,10 @@ from common.evaluation import (
     collapse_diagnostics,
     collect_features,
 )
-from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
+from common.optim import build_optimizer, learning_rate, rate_weight
 from common.report import Progress
 from common.run import Run, StopRequest, guarded, open_run
-from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
+from jepa_rate import CodingRateLoss, EMATarget, prediction_loss
 
 VARIANTS = ("simsiam", "byol", "rate", "none")
 STEP_PLOTS = ("loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss")
@@ -61,26 +56,18 @@ EPOCH_PLOTS = (
 
 
 @dataclass(frozen=True)
-class NetConfig:
-    """Encoder (``conv``: :class:`jepa_rate.ConvEncoder` with ``conv_widths``, or ``resnet18``), projector
-    ``D -> proj_hidden -> proj_dim`` and predictor ``proj_dim -> pred_hidden -> proj_dim`` (MLPs with
-    BatchNorm), and the EMA decay ramp of ``byol`` (``ema_tau_end: null`` keeps it constant)."""
+class NetConfig(EncoderConfig):
+    """The encoder (:class:`common.config.EncoderConfig`, its EMA copy for ``byol``), the projector
+    ``D -> proj_hidden -> proj_dim`` and the predictor ``proj_dim -> pred_hidden -> proj_dim``."""
 
-    encoder: Literal["conv", "resnet18"] = "conv"
-    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
+    ema_tau: float = 0.99
     proj_dim: int = 128
     proj_hidden: int = 256
     pred_hidden: int = 64
-    ema_tau: float = 0.99
-    ema_tau_end: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not self.conv_widths or min(self.conv_widths) < 1:
-            raise ValueError(
-                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
-            )
+        super().__post_init__()
         check_min(self, "model.", 1, "proj_dim proj_hidden pred_hidden")
-        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
@@ -121,14 +108,12 @@ class TwoViewNet(nn.Module):
         super().__init__()
         m = cfg.model
         self.variant = cfg.variant
-        self.encoder = cifar_resnet18() if m.encoder == "resnet18" else ConvEncoder(widths=m.conv_widths)
-        self.feature_dim = 512 if m.encoder == "resnet18" else m.conv_widths[-1]
-        self.projector = mlp((self.feature_dim, m.proj_hidden, m.proj_dim), last_norm=True)
+        self.encoder = m.build_encoder()
+        self.projector = mlp((m.feature_dim, m.proj_hidden, m.proj_dim), last_norm=True)
         self.predictor = mlp((m.proj_dim, m.pred_hidden, m.proj_dim), last_norm=False)
         self.target: EMATarget | None = None
         if cfg.variant == "byol":
-            tau = ema_schedule(m.ema_tau, m.ema_tau_end, total_steps)
-            self.target = EMATarget(nn.Sequential(self.encoder, self.projector), tau)
+            self.target = EMATarget(nn.Sequential(self.encoder, self.projector), m.ema_decay(total_steps))
 
     def forward(self, views: Tensor) -> TwoViewOutput:
         """``views`` ``(2, B, C, H, W)``, in one pass (BatchNorm sees both views, as in SimSiam)."""
@@ -155,7 +140,7 @@ class Parts(NamedTuple):
 
 def build(cfg: TwoViewConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     model = TwoViewNet(cfg, total_steps).to(info.device)
-    head = nn.Linear(model.feature_dim, num_classes).to(info.device)
+    head = nn.Linear(cfg.model.feature_dim, num_classes).to(info.device)
     return Parts(
         model,
         wrap(model, info, cfg.compile),
@@ -256,9 +241,7 @@ def train(cfg: TwoViewConfig, run: Run, parts: Parts, stop_after: int | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    description, configs = __doc__.splitlines()[0], CONFIG_DIR / "two_view"
-    cfg, args = parse_config(TwoViewConfig, argv, description=description, variants=list(VARIANTS),
-                             config_dir=configs, name_prefix="two_view-")  # fmt: skip
+    cfg, args = parse_config(TwoViewConfig, argv, __doc__.splitlines()[0], list(VARIANTS), "two_view")
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
         run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
         parts = build(cfg, run.total, run.data.num_classes, run.info)

@@ -1,10 +1,8 @@
-"""Typed configs with OmegaConf: a dataclass schema, YAML presets and dotted ``--set`` overrides.
+"""Typed configs: frozen dataclasses merged by OmegaConf as ``defaults <- preset YAML <- --set key=value``.
 
-A trainer's config is a frozen dataclass tree (:class:`RunConfig` plus the method's groups). The value is
-built as ``schema defaults <- preset YAML <- --set key=value ...`` by :func:`omegaconf.OmegaConf.merge`,
-which checks every key and type; :meth:`RunConfig.__post_init__` checks the ranges. Every failure is one
-line naming the key. Relative data paths in a preset are taken from the repository root, those given with
-``--set`` from the working directory; both are recorded as absolute paths.
+OmegaConf checks the keys and types, ``__post_init__`` the ranges; every failure is one line naming the key.
+Relative data paths of a preset are taken from the repository root, those of ``--set`` from the working
+directory.
 """
 
 from __future__ import annotations
@@ -21,8 +19,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
-from jepa_rate import CodingRateLoss
+from jepa_rate import CodingRateLoss, ConvEncoder, CosineSchedule, cifar_resnet18
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 REPO_ROOT = CONFIG_DIR.parents[1]
@@ -172,6 +171,36 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    """The ``model`` settings both trainers share: the encoder (``conv``: :class:`jepa_rate.ConvEncoder` with
+    ``conv_widths``; ``resnet18``: the CIFAR ResNet-18) and a teacher's EMA decay, ramped from ``ema_tau`` to
+    ``ema_tau_end`` on a cosine (``null``: constant)."""
+
+    encoder: Literal["conv", "resnet18"] = "conv"
+    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
+    ema_tau: float = 0.996
+    ema_tau_end: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.conv_widths or min(self.conv_widths) < 1:
+            raise ValueError(
+                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
+            )
+        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
+
+    @property
+    def feature_dim(self) -> int:
+        return 512 if self.encoder == "resnet18" else self.conv_widths[-1]
+
+    def build_encoder(self) -> nn.Module:
+        return cifar_resnet18() if self.encoder == "resnet18" else ConvEncoder(widths=self.conv_widths)
+
+    def ema_decay(self, total_steps: int) -> float | CosineSchedule:
+        end = self.ema_tau_end
+        return self.ema_tau if end is None else CosineSchedule(total_steps, start=self.ema_tau, end=end)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Settings every trainer shares; a trainer subclasses it with ``variant`` and its model's groups.
 
@@ -204,10 +233,7 @@ class RunConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        bad_name = self.name is not None and (
-            self.name.strip() in ("", ".", "..") or set("/\\\0") & set(self.name)
-        )
-        if bad_name:
+        if self.name is not None and (self.name.strip() in ("", ".", "..") or set("/\\\0") & set(self.name)):
             raise ValueError(
                 f"name must be a single folder name (no path separator, not '.' or '..'), got {self.name!r}"
             )
@@ -318,23 +344,16 @@ def load_config(cls: type[C], source: Path | None, overrides: list[str], saved: 
 
 
 def parse_config(
-    cls: type[C],
-    argv: list[str] | None,
-    *,
-    description: str,
-    variants: list[str],
-    config_dir: Path = CONFIG_DIR,
-    name_prefix: str = "",
+    cls: type[C], argv: list[str] | None, description: str, variants: list[str], group: str = ""
 ) -> tuple[C, argparse.Namespace]:
-    """Parses the command line every trainer shares and builds its config; a bad flag, preset, key or value
-    exits with a one-line usage error (code 2)."""
+    """Parses the command line every trainer shares and builds its config, from the presets in
+    ``configs/<group>``; a bad flag, preset, key or value exits with a one-line usage error (code 2)."""
+    config_dir, name_prefix = CONFIG_DIR / group, f"{group}-" if group else ""
     presets = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     add("--config", "--preset", default="demo", metavar="PRESET", help=f"{presets}, or a YAML file")
-    add(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. optim.lr=3e-4"
-    )
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="optim.lr=3e-4")
     add("--variant", choices=variants, help="shorthand for --set variant=...")
     add("--name", help="run folder name under out_dir (default: <preset>-<variant>)")
     add("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
