@@ -165,8 +165,11 @@ def guarded(run: Path) -> Iterator[None]:
 
 
 class Run:
-    """A prepared run: process group, data, folder, step counts and :class:`Meter`, and what the training
-    loop does besides the step: logs, epoch records, checkpoints, the stop and the summary."""
+    """A prepared run (process group, data, folder, step counts) and what its training loop does besides the
+    step: the epoch's metric sums, logs, epoch records, checkpoints, the stop and the summary. It is saved in
+    the checkpoint as ``meter``: the sums, the first step whose loss was NaN/Inf (a device-side flag, read
+    only at log steps and checkpoints: no host sync per step) and the seconds spent training, in timed steps
+    and in the coding rate of timed steps."""
 
     def __init__(self, cfg: Any, info: DistInfo, data: CifarData, folder: RunDir, resumed: Any) -> None:
         self.cfg, self.info, self.data, self.folder, self.resumed = cfg, info, data, folder, resumed
@@ -174,14 +177,18 @@ class Run:
         self.total = cfg.epochs * self.per_epoch
         self.start = int(resumed["step"]) if resumed is not None else 0
         self.saved_step: int | None = self.start or None
-        self.meter = Meter(info.device)
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.seconds = {"train": 0.0, "timed": 0.0, "rate": 0.0, "timed_steps": 0.0, "wall": 0.0}
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=info.device)
+        self.started = time.perf_counter()
         self.progress = Progress(self.total, self.start, cfg.log_every, enabled=False)
 
     def begin(self, state: Mapping[str, Any], *, overwrite: bool) -> None:
-        """Restores a resumed run into ``state`` (model, optimizer, probes) and the meter, writes the config
-        and prints the run's first line."""
+        """Restores a resumed run into ``state`` (model, optimizer, probes) and itself, writes the config and
+        prints the run's first line."""
         if self.resumed is not None:
-            restore(self.folder.checkpoint, self.resumed["state"], {**state, "meter": self.meter})
+            restore(self.folder.checkpoint, self.resumed["state"], {**state, "meter": self})
         self.folder.begin(self.cfg, self.start, overwrite=overwrite)
         barrier()
         cfg, info = self.cfg, self.info
@@ -192,18 +199,50 @@ class Run:
             + (f" | resumed at step {self.start}" if self.start else "")
         )
 
-    def offline(self) -> bool:
-        """Whether this process evaluates frozen features after training (rank 0, unless ``eval.offline``
-        is off); says so when it does."""
-        due = self.info.is_main and self.cfg.eval.offline
-        if due:
-            print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        return bool(due)
+    def log_step(self, step: int, began: float, rate_loss: CodingRateLoss, metrics: dict[str, Any]) -> None:
+        """Adds the step's seconds (and every ``timing_every`` steps the rate's) and metrics to the epoch's;
+        every ``log_every`` steps also checks the loss and logs the metrics averaged over ranks."""
+        warm, every = min(2, self.total - 1), self.cfg.timing_every  # warm: allocator and kernel warm-up
+        timing = every > 0 and step >= warm and (step - warm) % every == 0
+        shape = metrics.pop("rate_shape")
+        if timing:
+            synchronize(self.info.device)
+        elapsed = time.perf_counter() - began
+        self.seconds["train"] += elapsed
+        if timing:  # the rate alone on a leaf of the shape it saw: its share of the step time
+            self.seconds["timed"] += elapsed
+            self.seconds["rate"] += time_rate(rate_loss, shape, self.info.device)
+            self.seconds["timed_steps"] += 1
+        for key, value in metrics.items():
+            v = torch.as_tensor(value, device=self.info.device).detach().float()
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
+        self.count += 1
+        bad = ~torch.isfinite(torch.as_tensor(metrics["loss"], device=self.info.device))
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        values: dict[str, float] = {}
+        if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.total:
+            self.check_finite(step + 1)
+            values = self.mean(metrics)
+            epoch, elapsed = round((step + 1) / self.per_epoch, 4), round(self.wall_seconds(), 3)
+            self.folder.log({"step": step + 1, "epoch": epoch, **values, "elapsed": elapsed})
+        self.progress.update(
+            self.cfg.batch_size, {k: values[k] for k in ("loss", "rate", "lr", "tau") if k in values}
+        )
+
+    def mean(self, metrics: Mapping[str, Tensor | float] | None = None) -> dict[str, float]:
+        """``metrics`` (default: the epoch's means) averaged over ranks, as floats (one collective)."""
+        values = metrics if metrics is not None else {k: v / self.count for k, v in self.sums.items()}
+        if not values:
+            return {}
+        stacked = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=self.info.device) for v in values.values()]
+        )
+        return dict(zip(values, all_reduce_mean(stacked).tolist(), strict=True))
 
     def check_finite(self, step: int) -> None:
         """Raises ``FloatingPointError`` naming the first step whose loss was NaN/Inf (on any rank) and the
         checkpoint that is kept."""
-        first = int(self.meter.first_bad)
+        first = int(self.first_bad)
         if not any_rank(first >= 0, self.info.device):
             return
         where = f"at step {first + 1}" if first >= 0 else "on another rank"
@@ -217,31 +256,16 @@ class Run:
             "Lower optim.lr, set optim.grad_clip or lower rate.weight, then --resume or start over."
         )
 
-    def log_step(self, step: int, began: float, rate_loss: CodingRateLoss, metrics: dict[str, Any]) -> None:
-        """Adds the step's seconds (and every ``timing_every`` steps the rate's) and metrics to the epoch's;
-        every ``log_every`` steps also checks the loss and logs the metrics averaged over ranks."""
-        timing = self.meter.timing_due(step, self.total, self.cfg.timing_every)
-        self.meter.step_done(began, timing, rate_loss, metrics.pop("rate_shape"))
-        self.meter.add(step, metrics)
-        values: dict[str, float] = {}
-        if (step + 1) % self.cfg.log_every == 0 or step + 1 == self.total:
-            self.check_finite(step + 1)
-            values = self.meter.mean(metrics)
-            epoch, elapsed = round((step + 1) / self.per_epoch, 4), round(self.meter.wall_seconds(), 3)
-            self.folder.log({"step": step + 1, "epoch": epoch, **values, "elapsed": elapsed})
-        shown = {k: values[k] for k in ("loss", "rate", "lr", "tau") if k in values}
-        self.progress.update(self.cfg.batch_size, shown)
-
     def epoch_record(self, step: int) -> dict[str, Any]:
         """The record of the epoch that ends at ``step``: the means of its training metrics."""
         self.check_finite(step)
-        means = self.meter.mean()
-        self.meter.sums, self.meter.count = {}, 0
+        means = self.mean()
+        self.sums, self.count = {}, 0
         return {"step": step, "epoch": step // self.per_epoch, **{f"train.{k}": v for k, v in means.items()}}
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         barrier()
-        self.folder.log({**record, "elapsed": round(self.meter.wall_seconds(), 3)})
+        self.folder.log({**record, "elapsed": round(self.wall_seconds(), 3)})
         self.progress.write(f"epoch {record['epoch']}/{self.cfg.epochs} | " + format_metrics(record))
 
     def save(self, step: int, state: Mapping[str, Any], stop: StopRequest, stop_after: int | None) -> bool:
@@ -252,7 +276,7 @@ class Run:
         if stopping or step % self.per_epoch == 0 or (every and step % every == 0):
             self.check_finite(step)
             if self.folder.enabled:
-                states = {name: obj.state_dict() for name, obj in {**state, "meter": self.meter}.items()}
+                states = {name: obj.state_dict() for name, obj in {**state, "meter": self}.items()}
                 saved = {"step": step, "config": to_dict(self.cfg), "state": states}
                 save_checkpoint(self.folder.checkpoint, saved)
             self.saved_step = step
@@ -266,11 +290,19 @@ class Run:
         self.progress.write(f"{why}; checkpoint {self.folder.checkpoint}. Continue with --resume {where}")
         return 130 if signal_name else 0
 
+    def offline(self) -> bool:
+        """Whether this process evaluates frozen features after training (rank 0, unless ``eval.offline``
+        is off); says so when it does."""
+        due = self.info.is_main and self.cfg.eval.offline
+        if due:
+            print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
+        return bool(due)
+
     def finish(self, model: torch.nn.Module, offline: dict[str, Any] | None, representations: tuple[str, ...],
                step_keys: tuple[str, ...], epoch_keys: tuple[str, ...]) -> None:  # fmt: skip
         """Writes ``summary.json`` (the last epoch's evaluation, the ``offline`` one, throughput, size), the
         plots and prints the report (rank 0)."""
-        cfg, records = self.cfg, self.folder.records
+        cfg, records, s = self.cfg, self.folder.records, self.seconds
         last = next((r for r in reversed(records) if isinstance(r.get("epoch"), int)), {})
         summary: dict[str, Any] = {
             "variant": cfg.variant,
@@ -282,7 +314,11 @@ class Run:
             "steps": self.total,
             "epochs": cfg.epochs,
             "world_size": self.info.world_size,
-            **self.meter.summary(self.total, cfg.batch_size),
+            "wall_time_s": round(self.wall_seconds(), 3),
+            "train_time_s": round(s["train"], 3),
+            "images_per_s": self.total * cfg.batch_size / s["train"] if s["train"] > 0 else None,
+            "rate_time_share": s["rate"] / s["timed"] if s["timed"] > 0 else None,
+            "rate_timed_steps": int(s["timed_steps"]),
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
         if self.folder.enabled:
@@ -291,67 +327,8 @@ class Run:
         if self.info.is_main:
             print(format_report(self.folder.path, summary), flush=True)
 
-
-class Meter:
-    """What a run accumulates between checkpoints: the epoch's metric sums, the first step whose loss was
-    NaN/Inf (a device-side flag, read only at log steps and checkpoints: no host sync per step), and the
-    seconds spent training, in timed steps and in the coding rate of timed steps."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
-        self.seconds = {"train": 0.0, "timed": 0.0, "rate": 0.0, "timed_steps": 0.0, "wall": 0.0}
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.started = time.perf_counter()
-
-    def add(self, step: int, metrics: Mapping[str, Tensor | float]) -> None:
-        """Adds a step's metrics to the epoch sums and its loss to the NaN/Inf flag."""
-        for key, value in metrics.items():
-            v = torch.as_tensor(value, device=self.first_bad.device).detach().float()
-            self.sums[key] = self.sums[key] + v if key in self.sums else v
-        self.count += 1
-        bad = ~torch.isfinite(torch.as_tensor(metrics["loss"], device=self.first_bad.device))
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-
-    def mean(self, metrics: Mapping[str, Tensor | float] | None = None) -> dict[str, float]:
-        """``metrics`` (default: the epoch's means) averaged over ranks, as floats (one collective)."""
-        values = metrics if metrics is not None else {k: v / self.count for k, v in self.sums.items()}
-        if not values:
-            return {}
-        device = self.first_bad.device
-        stacked = torch.stack(
-            [torch.as_tensor(v, dtype=torch.float64, device=device) for v in values.values()]
-        )
-        return dict(zip(values, all_reduce_mean(stacked).tolist(), strict=True))
-
-    def step_done(
-        self, began: float, timing: bool, rate_loss: CodingRateLoss, shape: tuple[int, ...]
-    ) -> None:
-        """Adds a step's seconds; on a ``timing`` step also times the coding rate on a leaf of the ``shape``
-        it saw (:func:`common.optim.time_rate`), for the rate's share of the step time."""
-        if timing:
-            synchronize(self.first_bad.device)
-        elapsed = time.perf_counter() - began
-        self.seconds["train"] += elapsed
-        if timing:
-            self.seconds["timed"] += elapsed
-            self.seconds["rate"] += time_rate(rate_loss, shape, self.first_bad.device)
-            self.seconds["timed_steps"] += 1
-
-    @staticmethod
-    def timing_due(step: int, total: int, every: int) -> bool:
-        warm = min(2, total - 1)  # skip the first steps: allocator and kernel warm-up
-        return every > 0 and step >= warm and (step - warm) % every == 0
-
     def wall_seconds(self) -> float:
         return self.seconds["wall"] + time.perf_counter() - self.started
-
-    def summary(self, steps: int, batch_size: int) -> dict[str, Any]:
-        s = self.seconds
-        return {"wall_time_s": round(self.wall_seconds(), 3), "train_time_s": round(s["train"], 3),
-                "images_per_s": steps * batch_size / s["train"] if s["train"] > 0 else None,
-                "rate_time_share": s["rate"] / s["timed"] if s["timed"] > 0 else None,
-                "rate_timed_steps": int(s["timed_steps"])}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -361,7 +338,7 @@ class Meter:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = {k: v.to(self.first_bad.device) for k, v in state["sums"].items()}
+        self.sums = {k: v.to(self.info.device) for k, v in state["sums"].items()}
         self.count, self.seconds = int(state["count"]), {k: float(v) for k, v in state["seconds"].items()}
         self.started = time.perf_counter()
 
