@@ -1,9 +1,4 @@
-"""Checkpoints: atomic writes, ``weights_only`` loads, and checks that name the file and what is wrong.
-
-A file is written to ``.<name>.<pid>.tmp`` beside its destination (fsynced, for a checkpoint), then moved
-over it with ``os.replace``: a crash leaves the old file whole, and the temporary a kill may leave is removed
-when the run starts or resumes. A checkpoint holds state dicts, numbers, strings and containers only.
-"""
+"""Checkpoints: atomic writes, ``weights_only`` loads, and checks that name the file and what is wrong."""
 
 from __future__ import annotations
 
@@ -32,8 +27,8 @@ class Stateful(Protocol):
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (see the module); ``durable``
-    fsyncs it first, so that it also survives a power loss.
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace``: a crash leaves the old file
+    whole. ``durable`` fsyncs it first, so that it also survives a power loss.
 
     Examples:
         >>> import tempfile

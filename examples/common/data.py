@@ -1,10 +1,6 @@
-"""CIFAR-10 in memory, and the seeded draws that make a run exactly reproducible.
-
-Images stay ``uint8`` ``(N, C, H, W)``; batches go to the device as ``uint8`` and are normalized there.
-The source is ``data.train_npz`` (arrays ``x`` uint8 ``(N, H, W, 3)``, ``y`` int ``(N,)``, optional
-``classes``), else a torchvision ``CIFAR10`` root ``data.data_dir``, else the embedded class-balanced subset
-``examples/data/cifar10_subset.npz``. Without a test split a seeded, class-balanced hold-out is used.
-Every failure is one :class:`DataFormatError` / :class:`DataNotFoundError` line naming the file.
+"""CIFAR-10 in memory as uint8 ``(N, C, H, W)`` (normalized on the device), and the seeded draws that make
+a run exactly reproducible. :func:`load_cifar10` says where the images come from; every failure is one
+:class:`DataFormatError` / :class:`DataNotFoundError` line naming the file.
 """
 
 from __future__ import annotations
@@ -111,14 +107,9 @@ def read_npz(path: str | Path, what: str) -> tuple[Split, tuple[str, ...] | None
 
 
 @functools.cache
-def _read_embedded_subset() -> tuple[Split, tuple[str, ...] | None]:
-    return read_npz(EMBEDDED_SUBSET, "embedded subset")
-
-
 def _embedded_subset() -> tuple[Split, tuple[str, ...] | None]:
-    """The committed subset, read once per process (a copy each time: callers own their tensors)."""
-    split, names = _read_embedded_subset()
-    return Split(split.images.clone(), split.labels.clone()), names
+    """The committed subset, read once per process."""
+    return read_npz(EMBEDDED_SUBSET, "embedded subset")
 
 
 def load_torchvision(root: str | Path, *, train: bool, download: bool) -> Split:
@@ -157,14 +148,8 @@ def balanced_subset(labels: Tensor, size: int, seed: int, what: str = "size") ->
     return torch.sort(torch.cat(picked)).values if picked else torch.empty(0, dtype=torch.int64)
 
 
-def _check_test_split(
-    test: Split,
-    names: tuple[str, ...] | None,
-    train: Split,
-    classes: tuple[str, ...],
-    train_named: bool,
-    where: str,
-) -> None:
+def _check_test_split(test: Split, names: tuple[str, ...] | None, train: Split, classes: tuple[str, ...],
+                      train_named: bool, where: str) -> None:  # fmt: skip
     if test.images.shape[1:] != train.images.shape[1:]:
         size, train_size = ("x".join(map(str, s.images.shape[2:])) for s in (test, train))
         raise DataFormatError(f"{where}: images are {size} but the training images are {train_size}")
@@ -182,7 +167,9 @@ def _check_test_split(
 
 
 def load_cifar10(cfg: DataConfig) -> CifarData:
-    """The training and evaluation splits ``cfg`` describes (see the module docstring)."""
+    """The training and evaluation splits: ``data.train_npz`` (arrays ``x`` uint8 ``(N, H, W, 3)``, ``y``,
+    optional ``classes``), else the torchvision root ``data.data_dir``, else the embedded class-balanced
+    subset; the test split of ``data.test_npz`` or ``data_dir``, else a seeded class-balanced hold-out."""
     test = None
     if cfg.train_npz is not None:
         train, names = read_npz(cfg.train_npz, "training npz (data.train_npz)")
@@ -192,7 +179,8 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
         test = load_torchvision(cfg.data_dir, train=False, download=cfg.download)
         names, source = CIFAR10_CLASSES, f"torchvision CIFAR10 {cfg.data_dir}"
     else:
-        train, names = _embedded_subset()
+        subset, names = _embedded_subset()
+        train = Split(subset.images.clone(), subset.labels.clone())  # a copy: callers own their tensors
         source = f"embedded subset {EMBEDDED_SUBSET.name}"
     count = int(train.labels.max()) + 1
     classes = names or (CIFAR10_CLASSES if count <= 10 else tuple(map(str, range(count))))
@@ -216,13 +204,8 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
     if len(train) == 0:
         raise ValueError("no training images are left: lower data.holdout or raise data.train_size")
     if len(test) < 2:
-        cause = (
-            f"data.test_size={cfg.test_size} leaves"
-            if cfg.test_size is not None
-            else f"data.holdout={cfg.holdout} leaves"
-            if test_name == "hold-out"
-            else "the test split has"
-        )
+        cause = "the test split has" if test_name == "test" else f"data.holdout={cfg.holdout} leaves"
+        cause = f"data.test_size={cfg.test_size} leaves" if cfg.test_size is not None else cause
         raise ValueError(f"{cause} {len(test)} {test_name} image(s); the evaluation needs at least 2")
     description = f"{source}: {len(train)} train / {len(test)} {test_name} (split_seed {cfg.split_seed})"
     return CifarData(train, test, classes, description)

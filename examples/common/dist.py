@@ -1,8 +1,4 @@
-"""torchrun / DDP set-up that is a no-op in a single process.
-
-Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`init_distributed`
-then starts a process group (NCCL on CUDA, gloo on CPU) and pins each process to its GPU.
-"""
+"""torchrun / DDP set-up that is a no-op in a single process."""
 
 from __future__ import annotations
 

@@ -74,9 +74,8 @@ def synchronize(device: torch.device) -> None:
 def time_rate(
     rate_loss: CodingRateLoss, shape: tuple[int, ...], device: torch.device, repeats: int = 3
 ) -> float:
-    """Median seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (the rows and width
-    it saw in the step; collectives included under DDP). The backward of ``R`` does not depend on the graph
-    upstream of ``z``, so this isolates the rate's own cost; a private generator leaves the RNG alone."""
+    """Median seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (collectives
+    included under DDP): the rate's own cost, since its backward does not depend on the graph upstream."""
     generator = torch.Generator(device).manual_seed(0)
     z = torch.randn(shape, device=device, generator=generator).requires_grad_(True)
     times = []

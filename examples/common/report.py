@@ -14,32 +14,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 _SKIP = frozenset({"epoch", "step", "elapsed"})
+Records = Sequence[Mapping[str, Any]]
 
 
-def numeric_keys(records: Sequence[Mapping[str, Any]], exclude: frozenset[str] = _SKIP) -> list[str]:
+def numeric_keys(records: Records, exclude: frozenset[str] = _SKIP) -> list[str]:
     """Keys with a real-number value in some record, in first-seen order.
 
     Examples:
         >>> numeric_keys([{"epoch": 0, "loss": 1.0}, {"epoch": 1, "acc": 0.5, "tag": "x"}])
         ['loss', 'acc']
     """
-    return list(
-        dict.fromkeys(
-            k
-            for r in records
-            for k, v in r.items()
-            if k not in exclude and isinstance(v, (int, float)) and not isinstance(v, bool)
-        )
-    )
+    keys = (k for r in records for k, v in r.items() if k not in exclude and _is_number(v))
+    return list(dict.fromkeys(keys))
 
 
-def _panels(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    keys: Sequence[str],
-    x: str,
-    path: Path,
-    title: str | None,
-) -> Path:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _panels(runs: Mapping[str, Records], keys: Sequence[str], x: str, path: Path, title: str | None) -> Path:
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
@@ -50,16 +43,10 @@ def _panels(
         ax = fig.add_subplot(rows, cols, i + 1)
         for label, records in runs.items():
             points = [
-                (float(r.get(x, j)), float(r[key]))
-                for j, r in enumerate(records)
-                if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+                (float(r.get(x, j)), float(r[key])) for j, r in enumerate(records) if _is_number(r.get(key))
             ]
-            ax.plot(
-                *zip(*points, strict=True) if points else ([], []),
-                marker="o" if len(points) < 30 else None,
-                markersize=3,
-                label=label or None,
-            )
+            xy = zip(*points, strict=True) if points else ([], [])
+            ax.plot(*xy, marker="o" if len(points) < 30 else None, markersize=3, label=label or None)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
@@ -74,21 +61,14 @@ def _panels(
 
 
 def plot_metrics(
-    records: Sequence[Mapping[str, Any]],
-    path: Path,
-    keys: Sequence[str],
-    x: str = "epoch",
-    title: str | None = None,
+    records: Records, path: Path, keys: Sequence[str], x: str = "epoch", title: str | None = None
 ) -> Path:
     """One panel per metric of ``keys`` against ``x``."""
     return _panels({"": records}, keys, x, path, title)
 
 
 def plot_comparison(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    path: Path,
-    keys: Sequence[str] | None = None,
-    x: str = "epoch",
+    runs: Mapping[str, Records], path: Path, keys: Sequence[str] | None = None, x: str = "epoch"
 ) -> Path:
     """The runs' curves overlaid, one panel per metric (default: the numeric keys all runs share, at most 9).
 
@@ -103,7 +83,7 @@ def plot_comparison(
     return _panels(runs, keys, x, path, None)
 
 
-def plot_run(records: Sequence[Mapping[str, Any]], folder: Path, step_keys: Sequence[str],
+def plot_run(records: Records, folder: Path, step_keys: Sequence[str],
              epoch_keys: Sequence[str], spectra: Sequence[str]) -> None:  # fmt: skip
     """A run's plots: ``train_curves.png`` (``step_keys`` of the step records), ``epoch_metrics.png``
     (``epoch_keys`` of the epoch records) and ``spectrum.png`` (the spectra of the representations named
