@@ -4,12 +4,8 @@ Usage::
 
     python examples/data/make_subset.py SOURCE_NPZ [--per-class 250] [--seed 0] [--out PATH]
 
-``SOURCE_NPZ`` is the training split as numpy arrays (``x`` uint8 (50000, 32, 32, 3), ``y``, ``classes``,
-``files``), whose rows are grouped by class. For each class, ``--per-class`` rows are drawn without
-replacement with ``numpy.random.default_rng(seed).permutation`` (one generator, classes in label order), and
-the chosen rows are stored in source order. The output is a standard npz (deflate) with the same arrays plus
-``index``, the row of each image in the source; its zip entries carry a fixed timestamp so that the same
-inputs give a byte-identical file.
+``SOURCE_NPZ`` holds ``x`` uint8 (50000, 32, 32, 3), ``y``, ``classes`` and ``files``. The output is an npz
+with the same arrays plus ``index`` (each image's row in the source), byte-identical for the same inputs.
 """
 
 from __future__ import annotations
@@ -30,7 +26,8 @@ SOURCE_SHA256 = "49ebb3fc7e8e5bbf68134b5289f0066a3dda4dc1ae67ee8f1dc08d8f7ed1c2b
 
 
 def draw_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Sorted source rows: ``per_class`` seeded picks of every class.
+    """Sorted source rows: ``per_class`` picks of every class, drawn without replacement by one
+    ``numpy.random.default_rng(seed)``, classes in label order.
 
     Raises:
         ValueError: A class has fewer than ``per_class`` rows.
@@ -85,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     write_npz(args.out, arrays)
 
     counts = np.bincount(arrays["y"], minlength=len(classes)).tolist()
-    print(
-        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): {index.size} images, per class {counts}"
-    )
+    size = args.out.stat().st_size / 1e6
+    print(f"wrote {args.out} ({size:.2f} MB): {index.size} images, per class {counts}")
     print(f"sha256 {_sha256(args.out)}")
     print(f"sha256 of x bytes {hashlib.sha256(arrays['x'].tobytes()).hexdigest()}")
     return 0
