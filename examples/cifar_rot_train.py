@@ -196,38 +196,6 @@ def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) 
     )
 
 
-# ------------------------------------------------------------------------------------------- train step
-def train_step(
-    cfg: TrainConfig, parts: Parts, images: Tensor, labels: Tensor, turns: Tensor, w: float
-) -> dict[str, Any]:
-    """One optimization step on a batch of uint8 ``images`` with quarter ``turns``; returns its metrics."""
-    model, device = parts.model, images.device
-    views = rotation_views(images, turns, crop=cfg.seq.crop, flip=cfg.seq.flip)
-    actions = rotation_actions(turns.to(device), cfg.action_kind)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        out = parts.net(views, actions)
-        pred_loss = prediction_loss(out.prediction, out.target, cfg.model.loss)
-    z = out.z_agg if cfg.model.rate_on == "agg" else out.encodings.flatten(0, 1)
-    with torch.set_grad_enabled(VARIANTS[cfg.variant].rate):  # logged for every variant, trained with some
-        terms = parts.rate_loss.forward_components(z.float())
-    loss = pred_loss - w * terms.rate
-    parts.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
-    if cfg.optim.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    parts.optimizer.step()
-    tau = model.target_encoder.current_decay() if model.target_encoder is not None else None
-    model.update_target()
-    pair = torch.cat((out.encodings[:, 0], out.encodings[:, 1]), dim=1)  # probes: detached inputs
-    rotation = ROTATION_SINCOS.to(device)[turns[:, 1].to(device)]
-    return {
-        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **({"tau": tau} if tau is not None else {}),
-        "rate": terms.rate.detach(), "norm_rate": terms.normalized_rate.detach(), "rate_scale": terms.scale,
-        "rate_weight": w, "probe_class_loss": parts.class_probe.step(out.z_agg[: len(images)], labels),
-        "probe_rotation_loss": parts.rotation_probe.step(pair, rotation), "rate_shape": tuple(z.shape),
-    }  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def encode(cfg: TrainConfig, model: SeqJEPA, images: Tensor, salt: int) -> dict[str, Tensor]:
@@ -286,22 +254,47 @@ def offline_evaluation(
 # ---------------------------------------------------------------------------------------- the training run
 def train(cfg: TrainConfig, run: Run, parts: Parts, stop_after: int | None) -> int | None:
     """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
-    info, device = run.info, run.info.device
+    info, device, model, variant = run.info, run.info.device, parts.model, VARIANTS[cfg.variant]
     images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     local = cfg.batch_size // info.world_size
     with StopRequest() as stop:
         for step in range(run.start, run.total):
             torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # nothing random depends on the past
             idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
+            x, y = images[idx.to(device)], labels[idx.to(device)]
             turns = draw_rotations(cfg.batch_size, cfg.seq.num_observations + 1, mix_seed(cfg.seed, step))
-            turns = turns[info.rank * local : (info.rank + 1) * local]  # drawn for the global batch
+            turns = turns[info.rank * local : (info.rank + 1) * local].to(
+                device
+            )  # drawn for the global batch
             lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if VARIANTS[cfg.variant].rate else 0.0
             began = time.perf_counter()
-            metrics = train_step(cfg, parts, images[idx.to(device)], labels[idx.to(device)], turns, w)
-            run.log_step(step, began, parts.rate_loss, {**metrics, "lr": lr})
+            views = rotation_views(x, turns, crop=cfg.seq.crop, flip=cfg.seq.flip)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = parts.net(views, rotation_actions(turns, cfg.action_kind))
+                pred_loss = prediction_loss(out.prediction, out.target, cfg.model.loss)
+            z = out.z_agg if cfg.model.rate_on == "agg" else out.encodings.flatten(0, 1)
+            with torch.set_grad_enabled(variant.rate):  # logged for every variant, trained with some
+                terms = parts.rate_loss.forward_components(z.float())
+            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if variant.rate else 0.0
+            loss = pred_loss - w * terms.rate
+            parts.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if cfg.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            parts.optimizer.step()
+            tau = {"tau": model.target_encoder.current_decay()} if model.target_encoder is not None else {}
+            model.update_target()
+            pair = torch.cat((out.encodings[:, 0], out.encodings[:, 1]), dim=1)  # probes: detached inputs
+            rotation = ROTATION_SINCOS.to(device)[turns[:, 1]]
+            metrics = {
+                "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
+                "norm_rate": terms.normalized_rate.detach(), "rate_scale": terms.scale, "rate_weight": w,
+                "probe_class_loss": parts.class_probe.step(out.z_agg[: len(x)], y),
+                "probe_rotation_loss": parts.rotation_probe.step(pair, rotation),
+            }  # fmt: skip
+            run.log_step(step, began, parts.rate_loss, z.shape, {**metrics, "lr": lr})
             if (step + 1) % run.per_epoch == 0:
                 record = run.epoch_record(step + 1)
                 if info.is_main:  # evaluation on rank 0 only, without collectives

@@ -150,35 +150,6 @@ def build(cfg: TwoViewConfig, total_steps: int, num_classes: int, info: DistInfo
     )
 
 
-# ------------------------------------------------------------------------------------------- train step
-def train_step(cfg: TwoViewConfig, parts: Parts, images: Tensor, labels: Tensor, w: float) -> dict[str, Any]:
-    """One optimization step on a batch of uint8 ``images``; returns its metrics."""
-    x = images.float().div_(255)
-    views = torch.stack([normalize(augment(x, cfg.augment)) for _ in range(2)])
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        out = parts.net(views)
-        (p1, p2), (t1, t2) = out.p.chunk(2), out.t.chunk(2)
-        pred_loss = 0.5 * (prediction_loss(p1, t2) + prediction_loss(p2, t1))
-    z = torch.stack(out.z.float().chunk(2))  # (2, B, d): the rate of each view, in one batched call
-    with torch.set_grad_enabled(cfg.variant == "rate"):  # logged for every variant
-        terms = parts.rate_loss.forward_components(z)
-    loss = pred_loss - w * terms.rate
-    parts.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
-    if cfg.optim.grad_clip is not None:
-        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip)
-    parts.optimizer.step()
-    target = parts.model.target
-    tau = {"tau": target.current_decay()} if target is not None else {}
-    if target is not None:
-        target.update()
-    return {
-        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
-        "norm_rate": terms.normalized_rate.detach(), "rate_weight": w, "rate_shape": tuple(z.shape),
-        "probe_class_loss": parts.probe.step(out.features[: len(images)], labels),
-    }  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def encode(cfg: TwoViewConfig, model: TwoViewNet, images: Tensor) -> dict[str, Tensor]:
@@ -216,19 +187,41 @@ def offline_evaluation(
 # ---------------------------------------------------------------------------------------- the training run
 def train(cfg: TwoViewConfig, run: Run, parts: Parts, stop_after: int | None) -> int | None:
     """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
-    info, device = run.info, run.info.device
+    info, device, model = run.info, run.info.device, parts.model
     images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     with StopRequest() as stop:
         for step in range(run.start, run.total):
             torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # the augmentations of this step
             idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
+            x, y = images[idx.to(device)].float().div_(255), labels[idx.to(device)]
             lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if cfg.variant == "rate" else 0.0
             began = time.perf_counter()
-            metrics = train_step(cfg, parts, images[idx.to(device)], labels[idx.to(device)], w)
-            run.log_step(step, began, parts.rate_loss, {**metrics, "lr": lr})
+            views = torch.stack([normalize(augment(x, cfg.augment)) for _ in range(2)])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = parts.net(views)
+                (p1, p2), (t1, t2) = out.p.chunk(2), out.t.chunk(2)
+                pred_loss = 0.5 * (prediction_loss(p1, t2) + prediction_loss(p2, t1))
+            z = torch.stack(out.z.float().chunk(2))  # (2, B, d): the rate of each view, in one batched call
+            with torch.set_grad_enabled(cfg.variant == "rate"):  # logged for every variant
+                terms = parts.rate_loss.forward_components(z)
+            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if cfg.variant == "rate" else 0.0
+            loss = pred_loss - w * terms.rate
+            parts.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if cfg.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            parts.optimizer.step()
+            tau = {"tau": model.target.current_decay()} if model.target is not None else {}
+            if model.target is not None:
+                model.target.update()
+            metrics = {
+                "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
+                "norm_rate": terms.normalized_rate.detach(), "rate_weight": w,
+                "probe_class_loss": parts.probe.step(out.features[: len(x)], y),
+            }  # fmt: skip
+            run.log_step(step, began, parts.rate_loss, z.shape, {**metrics, "lr": lr})
             if (step + 1) % run.per_epoch == 0:
                 record = run.epoch_record(step + 1)
                 if info.is_main:  # evaluation on rank 0 only, without collectives

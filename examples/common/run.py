@@ -199,12 +199,13 @@ class Run:
             + (f" | resumed at step {self.start}" if self.start else "")
         )
 
-    def log_step(self, step: int, began: float, rate_loss: CodingRateLoss, metrics: dict[str, Any]) -> None:
+    def log_step(
+        self, step: int, began: float, rate_loss: CodingRateLoss, shape: torch.Size, metrics: dict[str, Any]
+    ) -> None:
         """Adds the step's seconds (and every ``timing_every`` steps the rate's) and metrics to the epoch's;
         every ``log_every`` steps also checks the loss and logs the metrics averaged over ranks."""
         warm, every = min(2, self.total - 1), self.cfg.timing_every  # warm: allocator and kernel warm-up
         timing = every > 0 and step >= warm and (step - warm) % every == 0
-        shape = metrics.pop("rate_shape")
         if timing:
             synchronize(self.info.device)
         elapsed = time.perf_counter() - began
