@@ -8,7 +8,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -18,12 +18,6 @@ REQUIRED = ("step", "config", "state")
 
 class ResumeError(ValueError):
     """A checkpoint that cannot be resumed from; the message is one line naming the file."""
-
-
-class Stateful(Protocol):
-    def state_dict(self) -> Any: ...
-
-    def load_state_dict(self, state: Any, /) -> Any: ...
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
@@ -48,14 +42,6 @@ def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Deletes the temporaries that a killed :func:`atomic_write` left in ``folder``; returns them."""
-    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
-    for path in stale:
-        path.unlink()
-    return stale
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -90,7 +76,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def restore(path: Path, saved: Mapping[str, Any], objects: Mapping[str, Stateful]) -> None:
+def restore(path: Path, saved: Mapping[str, Any], objects: Mapping[str, Any]) -> None:
     """Loads ``saved[name]`` into each of ``objects`` (model, optimizer, probes, meter).
 
     Raises:

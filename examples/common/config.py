@@ -314,30 +314,23 @@ def _preset_path(preset: str, config_dir: Path) -> Path:
 def load_config(cls: type[C], source: Path | None, overrides: list[str], saved: bool = False) -> C:
     """``cls()`` <- the YAML file ``source`` <- ``overrides`` (``key=value``), checked; ``saved``: ``source``
     is a run's ``config.yaml`` (paths kept as recorded). Raises :class:`ConfigError`."""
-    schema = OmegaConf.structured(cls)
-    layers: list[tuple[DictConfig, str]] = []
-    if source is not None:
-        preset = _load_yaml(source)
-        if not saved:
-            _absolute_paths(preset, REPO_ROOT)
-        layers.append((preset, str(source)))
     if bad := [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]:
         raise ConfigError(f"--set {bad[0]!r} must look like key=value")
+    where = str(source)
     try:
+        conf = OmegaConf.structured(cls)
+        if source is not None:
+            preset = _load_yaml(source)
+            if not saved:
+                _absolute_paths(preset, REPO_ROOT)
+            conf = OmegaConf.merge(conf, preset)
+        where = "--set"
         dotlist = OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as err:
-        raise _one_line(err, "--set", cls()) from None
-    _absolute_paths(dotlist, Path.cwd())
-    layers.append((dotlist, "--set"))
-    conf = schema
-    for layer, where in layers:
-        try:
-            conf = OmegaConf.merge(conf, layer)
-        except OmegaConfBaseException as err:
-            raise _one_line(err, where, cls()) from None
-    try:
-        cfg: C = OmegaConf.to_object(conf)  # type: ignore[assignment]
+        _absolute_paths(dotlist, Path.cwd())
+        cfg: C = OmegaConf.to_object(OmegaConf.merge(conf, dotlist))  # type: ignore[assignment]
         cfg.validate()
+    except OmegaConfBaseException as err:
+        raise _one_line(err, where, cls()) from None
     except (ValueError, TypeError) as err:  # __post_init__ and validate() name the key themselves
         raise ConfigError(str(err)) from None
     return cfg

@@ -76,18 +76,15 @@ def read_npz(path: str | Path, what: str) -> tuple[Split, tuple[str, ...] | None
         raise DataFormatError(f"{where} is not an npz archive (np.savez writes a zip file; this is not one)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if missing := [k for k in ("x", "y") if k not in archive.files]:
-                raise DataFormatError(
-                    f"{where}: missing array '{missing[0]}' (found {sorted(archive.files)})"
-                )
-            x, y = archive["x"], archive["y"]
-            names = archive["classes"] if "classes" in archive.files else None
+            files = sorted(archive.files)
+            arrays = {k: archive[k] for k in ("x", "y", "classes") if k in files}
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataFormatError(f"{where} is a damaged or truncated npz archive ({err})") from err
     except ValueError as err:
-        if isinstance(err, DataFormatError):
-            raise
         raise DataFormatError(f"{where} holds an array that cannot be loaded safely ({err})") from err
+    if missing := [k for k in ("x", "y") if k not in arrays]:
+        raise DataFormatError(f"{where}: missing array '{missing[0]}' (found {files})")
+    x, y, names = arrays["x"], arrays["y"], arrays.get("classes")
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         hint = " (it looks channels-first: transpose it to HWC)" if x.ndim == 4 and x.shape[1] == 3 else ""
         raise DataFormatError(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
+import torch.utils.benchmark as benchmark
 from torch import nn
 
 from common.config import OptimConfig, RateConfig
@@ -74,16 +73,11 @@ def synchronize(device: torch.device) -> None:
 def time_rate(
     rate_loss: CodingRateLoss, shape: tuple[int, ...], device: torch.device, repeats: int = 3
 ) -> float:
-    """Median seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (collectives
-    included under DDP): the rate's own cost, since its backward does not depend on the graph upstream."""
+    """Seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (collectives included under
+    DDP), by :class:`torch.utils.benchmark.Timer`: the rate's own cost, since its backward does not depend on
+    the graph upstream. A private generator leaves the RNG alone."""
     generator = torch.Generator(device).manual_seed(0)
     z = torch.randn(shape, device=device, generator=generator).requires_grad_(True)
-    times = []
-    for _ in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        rate_loss(z).backward()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        z.grad = None
-    return sorted(times[1:])[len(times[1:]) // 2]
+    step = {"rate_loss": rate_loss, "z": z}
+    timer = benchmark.Timer("rate_loss(z).backward()", globals=step, num_threads=torch.get_num_threads())
+    return float(timer.timeit(repeats).median)

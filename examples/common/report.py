@@ -126,13 +126,8 @@ class Progress:
     """A tqdm bar on a terminal, else a plain line every ``log_every`` steps; silent when not ``enabled``."""
 
     def __init__(self, total: int, initial: int, log_every: int, *, enabled: bool = True, stream: Any = None):
-        self.total, self.step, self.initial, self.log_every, self.enabled = (
-            total,
-            initial,
-            initial,
-            log_every,
-            enabled,
-        )
+        self.total, self.log_every, self.enabled = total, log_every, enabled
+        self.step = self.initial = initial
         self.stream, self.start, self.bar = stream or sys.stderr, time.perf_counter(), None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm.auto import tqdm

@@ -21,14 +21,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from common.checkpoint import (
-    ResumeError,
-    atomic_write,
-    load_checkpoint,
-    remove_stale_temporaries,
-    restore,
-    save_checkpoint,
-)
+from common.checkpoint import ResumeError, atomic_write, load_checkpoint, restore, save_checkpoint
 from common.config import RunConfig, flat_keys, to_dict
 from common.data import CifarData, check_batch_size, load_cifar10
 from common.dist import DistInfo, all_reduce_mean, any_rank, barrier, cleanup, init_distributed
@@ -72,7 +65,8 @@ class RunDir:
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.path)
+        for stale in self.path.glob(".*.tmp"):  # temporaries of a killed atomic_write
+            stale.unlink()
         kept = [r for r in self.records if int(r.get("step", 0)) <= step]
         if len(kept) != len(self.records) or not (self.path / "metrics.jsonl").exists():
             self.records = kept
