@@ -1,14 +1,9 @@
 """Train seq-JEPA on CIFAR-10 rotation sequences, with an EMA teacher or a coding-rate regularizer.
 
-Can a coding-rate regularizer replace the EMA teacher without collapse? Each image is seen as ``M + 1``
-views (view 0 unrotated, the others rotated by random quarter turns; the last is the target). seq-JEPA
-encodes the ``M`` observed views, aggregates them with their relative actions into ``z_AGG`` and predicts
-the target view's embedding. The loss, in :func:`train_step`::
-
-    loss = prediction_loss(prediction, target) - w * R(z_AGG)        # w: rate.weight through rate.schedule
-
-``VARIANTS`` lists the variants (target, rate, symmetric); ``teacherless`` is the control, expected to
-collapse. docs/trainer.md explains the variants, the outputs and how to read them.
+Each image is seen as ``M + 1`` views rotated by random quarter turns (view 0 unrotated, the last the
+target); seq-JEPA aggregates the ``M`` observed views with their relative actions into ``z_AGG`` and
+predicts the target's embedding. The loss, in :func:`train`: ``prediction_loss - w * R(z_AGG)``. ``VARIANTS``
+lists the variants; docs/trainer.md explains them, the outputs and how to read them.
 
 Usage::
 

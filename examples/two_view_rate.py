@@ -1,14 +1,10 @@
 """Two-view self-supervised learning on CIFAR-10 (SimSiam / BYOL style) where a coding rate can replace the
 EMA teacher or the stop-gradient.
 
-Two augmented views of each image go through an encoder and a projector (``z``); a predictor maps each
-view's ``z`` to the other's, and the loss is written out in :func:`train_step`::
-
-    loss = (D(p1, t2) + D(p2, t1)) / 2 - w * (R(z1) + R(z2)) / 2     # D: negative cosine; w: rate.weight
-
-The target ``t`` is ``stopgrad(z)`` (``simsiam``), an EMA copy of encoder + projector (``byol``), or ``z``
-itself with the rate (``rate``) or without it (``none``: the control, expected to collapse). See
-docs/two_view.md.
+Two augmented views go through an encoder and a projector (``z``); a predictor maps each view's ``z`` to
+the other's target ``t``: ``stopgrad(z)`` (``simsiam``), an EMA copy's (``byol``), or ``z`` itself with the
+rate (``rate``) or without it (``none``: the control). The loss, in :func:`train`:
+``(D(p1, t2) + D(p2, t1)) / 2 - w * (R(z1) + R(z2)) / 2``. See docs/two_view.md.
 
 Usage::
 

@@ -51,11 +51,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads and checks a checkpoint of these trainers.
-
-    Raises:
-        ResumeError: The file is missing, empty, unreadable, or lacks an entry of :data:`REQUIRED`.
-    """
+    """Loads and checks a checkpoint of these trainers (``ResumeError`` naming what is wrong)."""
     if not path.is_file():
         raise ResumeError(f"cannot resume '{path.parent}': it has no checkpoint {path.name}")
     if path.stat().st_size == 0:
@@ -77,11 +73,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def restore(path: Path, saved: Mapping[str, Any], objects: Mapping[str, Any]) -> None:
-    """Loads ``saved[name]`` into each of ``objects`` (model, optimizer, probes, meter).
-
-    Raises:
-        ResumeError: An entry is missing or does not fit (another architecture or size), naming it.
-    """
+    """Loads ``saved[name]`` into each of ``objects``; ``ResumeError`` names an entry that is not fit."""
     for name, obj in objects.items():
         if name not in saved:
             raise ResumeError(f"cannot resume from {path}: it has no state for '{name}'")

@@ -1,8 +1,5 @@
-"""Typed configs: frozen dataclasses merged by OmegaConf as ``defaults <- preset YAML <- --set key=value``.
-
-OmegaConf checks the keys and types, ``__post_init__`` the ranges; every failure is one line naming the key.
-Relative data paths of a preset are taken from the repository root, those of ``--set`` from the working
-directory.
+"""Typed configs: frozen dataclasses merged by OmegaConf as ``defaults <- preset YAML <- --set key=value``;
+OmegaConf checks keys and types, ``__post_init__`` the ranges, and every failure is one line naming the key.
 """
 
 from __future__ import annotations
@@ -56,10 +53,8 @@ def check_range(cfg: Any, prefix: str, low: float, high: float, names: str, open
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from (see :func:`common.data.load_cifar10`): ``train_npz``, else the torchvision
-    root ``data_dir``, else the embedded subset; the evaluation split is ``test_npz``, the official test split
-    of ``data_dir``, or a seeded class-balanced ``holdout`` of the training images (default 10%).
-    ``train_size`` / ``test_size`` draw class-balanced subsets; ``split_seed`` seeds those draws."""
+    """Where the images come from (see :func:`common.data.load_cifar10`); relative paths of a preset are
+    taken from the repository root, those of ``--set`` from the working directory."""
 
     train_npz: str | None = None
     test_npz: str | None = None
@@ -202,11 +197,8 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings every trainer shares; a trainer subclasses it with ``variant`` and its model's groups.
-
-    ``batch_size`` is global (over DDP ranks); ``bf16`` autocasts the model (the coding rate stays float32);
-    ``ckpt_every`` adds checkpoints between epoch ends; ``timing_every`` times the rate's share of a step.
-    """
+    """Settings every trainer shares (``batch_size`` is global over DDP ranks); a trainer subclasses it with
+    ``variant`` and its model's groups."""
 
     name: str | None = None
     out_dir: str = "runs"

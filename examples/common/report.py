@@ -70,11 +70,8 @@ def plot_metrics(
 def plot_comparison(
     runs: Mapping[str, Records], path: Path, keys: Sequence[str] | None = None, x: str = "epoch"
 ) -> Path:
-    """The runs' curves overlaid, one panel per metric (default: the numeric keys all runs share, at most 9).
-
-    Raises:
-        ValueError: No metric to plot.
-    """
+    """The runs' curves overlaid, one panel per metric (default: the numeric keys all runs share, at most 9);
+    ``ValueError`` if there is none."""
     if keys is None:
         per_run = [numeric_keys(r, _SKIP | {x}) for r in runs.values()]
         keys = [k for k in per_run[0] if all(k in other for other in per_run[1:])][:9]

@@ -1,9 +1,5 @@
-"""Rotation sequences of CIFAR images for seq-JEPA, batched on the device.
-
-A sequence is ``M + 1`` views of one image: view 0 unrotated, the others rotated by their own counterclockwise
-quarter turns; views ``0 .. M-1`` are observed, view ``M`` is the target. Action ``i`` is the relative
-rotation from view ``i`` to ``i + 1``. Crop and flip come before the rotation.
-"""
+"""Rotation sequences of CIFAR images for seq-JEPA, batched on the device: ``M + 1`` views of an image, each
+rotated by its own counterclockwise quarter turns (view 0 unrotated; crop and flip come first)."""
 
 from __future__ import annotations
 

@@ -27,11 +27,7 @@ SOURCE_SHA256 = "49ebb3fc7e8e5bbf68134b5289f0066a3dda4dc1ae67ee8f1dc08d8f7ed1c2b
 
 def draw_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Sorted source rows: ``per_class`` picks of every class, drawn without replacement by one
-    ``numpy.random.default_rng(seed)``, classes in label order.
-
-    Raises:
-        ValueError: A class has fewer than ``per_class`` rows.
-    """
+    ``numpy.random.default_rng(seed)``, classes in label order."""
     rng = np.random.default_rng(seed)
     picked = []
     for cls in np.unique(labels):
