@@ -67,18 +67,16 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         for stale in self.path.glob(".*.tmp"):  # temporaries of a killed atomic_write
             stale.unlink()
-        kept = [r for r in self.records if int(r.get("step", 0)) <= step]
-        if len(kept) != len(self.records) or not (self.path / "metrics.jsonl").exists():
-            self.records = kept
-            self._write_logs()
+        self.records = [r for r in self.records if int(r.get("step", 0)) <= step]
+        self._write_logs()
         config = to_dict(cfg)
         atomic_write(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
         atomic_write(self.path / "config.json", (json.dumps(config, indent=2) + "\n").encode())
 
-    def _write_logs(self, jsonl: bool = True) -> None:
-        if jsonl:
-            text = "".join(json.dumps(r) + "\n" for r in self.records)
-            atomic_write(self.path / "metrics.jsonl", text.encode())
+    def _write_logs(self) -> None:
+        atomic_write(
+            self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records).encode()
+        )
         rows = [flat_keys(r) for r in self.records]
         columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, list)))
         buffer = io.StringIO()
@@ -88,12 +86,10 @@ class RunDir:
         atomic_write(self.path / "metrics.csv", buffer.getvalue().encode())
 
     def log(self, record: Mapping[str, Any]) -> None:
-        """Appends a record to ``metrics.jsonl`` and rewrites ``metrics.csv`` (its columns may widen)."""
+        """Adds a record to ``metrics.jsonl`` and ``metrics.csv`` (whose columns may widen)."""
         self.records.append(dict(record))
         if self.enabled:
-            with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(self.records[-1]) + "\n")
-            self._write_logs(jsonl=False)
+            self._write_logs()
 
 
 def open_run(cfg: RunConfig, *, resume: Path | None, overwrite: bool) -> Run:
