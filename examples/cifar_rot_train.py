@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from common.config import EncoderConfig, RunConfig, check_min, check_range, parse_config
-from common.data import CifarData, batch_indices, mix_seed
+from common.data import batch_indices, mix_seed
 from common.dist import DistInfo, wrap
 from common.evaluation import (
     OnlineProbe,
@@ -40,7 +40,6 @@ from common.evaluation import (
     rotation_accuracy,
 )
 from common.optim import build_optimizer, learning_rate, rate_weight
-from common.report import Progress
 from common.run import Run, StopRequest, guarded, open_run
 from common.views import ROTATION_SINCOS, draw_rotations, rotation_actions, rotation_views
 from jepa_rate import CodingRateLoss, SeqJEPA, prediction_loss
@@ -213,11 +212,9 @@ def encode(cfg: TrainConfig, model: SeqJEPA, images: Tensor, salt: int) -> dict[
     return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
 
-def evaluate_epoch(
-    cfg: TrainConfig, parts: Parts, data: CifarData, progress: Progress, epoch: int
-) -> dict[str, Any]:
+def evaluate_epoch(cfg: TrainConfig, parts: Parts, run: Run, epoch: int) -> dict[str, Any]:
     """The online probes and collapse diagnostics on the evaluation split (rank 0, no collectives)."""
-    device = parts.class_probe.head.weight.device  # type: ignore[union-attr]
+    device, data = run.info.device, run.data
     f = encode(cfg, parts.model, data.test.images.to(device), salt=2)
     pred = parts.rotation_probe.predict(torch.cat((f["z0"], f["z1"]), dim=1).to(device)).cpu()
     record: dict[str, Any] = {
@@ -227,13 +224,12 @@ def evaluate_epoch(
         "online.rotation_acc": rotation_accuracy(pred, f["turns"]),
     }
     representations = {"z_agg": f["z_agg"], "encoder": f["z0"]}
-    return {**record, **collapse_diagnostics(representations, progress.write, epoch)}
+    return {**record, **collapse_diagnostics(representations, run.progress.write, epoch)}
 
 
-def offline_evaluation(
-    cfg: TrainConfig, model: SeqJEPA, data: CifarData, device: torch.device
-) -> dict[str, Any]:
+def offline_evaluation(cfg: TrainConfig, model: SeqJEPA, run: Run) -> dict[str, Any]:
     """Linear probe and k-NN on frozen z_AGG and encoder features; rotation R² from frozen [z_0, z_1]."""
+    device, data = run.info.device, run.data
     train = encode(cfg, model, data.train.images.to(device), 1)
     test = encode(cfg, model, data.test.images.to(device), 2)
     out: dict[str, Any] = {
@@ -293,7 +289,7 @@ def train(cfg: TrainConfig, run: Run, parts: Parts, stop_after: int | None) -> i
             if (step + 1) % run.per_epoch == 0:
                 record = run.epoch_record(step + 1)
                 if info.is_main:  # evaluation on rank 0 only, without collectives
-                    record.update(evaluate_epoch(cfg, parts, run.data, run.progress, record["epoch"]))
+                    record.update(evaluate_epoch(cfg, parts, run, record["epoch"]))
                 run.log_epoch(record)
             if run.save(step + 1, parts.state(), stop, stop_after):
                 return run.stopped(stop.signal_name, step + 1)
@@ -309,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         run.begin(parts.state(), overwrite=args.overwrite)
         code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            offline = (
-                offline_evaluation(cfg, parts.model, run.data, run.info.device) if run.offline() else None
-            )
+            offline = offline_evaluation(cfg, parts.model, run) if run.offline() else None
             run.finish(parts.model, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 

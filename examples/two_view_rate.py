@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from common.augment import AugmentConfig, augment
 from common.config import EncoderConfig, RunConfig, check_min, parse_config
-from common.data import CifarData, batch_indices, mix_seed, normalize
+from common.data import batch_indices, mix_seed, normalize
 from common.dist import DistInfo, wrap
 from common.evaluation import (
     OnlineProbe,
@@ -39,7 +39,6 @@ from common.evaluation import (
     collect_features,
 )
 from common.optim import build_optimizer, learning_rate, rate_weight
-from common.report import Progress
 from common.run import Run, StopRequest, guarded, open_run
 from jepa_rate import CodingRateLoss, EMATarget, prediction_loss
 
@@ -159,24 +158,18 @@ def encode(cfg: TwoViewConfig, model: TwoViewNet, images: Tensor) -> dict[str, T
     return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
 
-def evaluate_epoch(
-    cfg: TwoViewConfig, parts: Parts, data: CifarData, progress: Progress, epoch: int
-) -> dict[str, Any]:
-    device = parts.probe.head.weight.device  # type: ignore[union-attr]
-    f = encode(cfg, parts.model, data.test.images.to(device))
-    record: dict[str, Any] = {
-        "online.linear_acc": accuracy(parts.probe.predict(f["encoder"].to(device)), data.test.labels)
-    }
-    return {**record, **collapse_diagnostics(f, progress.write, epoch)}
+def evaluate_epoch(cfg: TwoViewConfig, parts: Parts, run: Run, epoch: int) -> dict[str, Any]:
+    """The online probe and collapse diagnostics on the evaluation split (rank 0, no collectives)."""
+    device, test = run.info.device, run.data.test
+    f = encode(cfg, parts.model, test.images.to(device))
+    record = {"online.linear_acc": accuracy(parts.probe.predict(f["encoder"].to(device)), test.labels)}
+    return {**record, **collapse_diagnostics(f, run.progress.write, epoch)}
 
 
-def offline_evaluation(
-    cfg: TwoViewConfig, model: TwoViewNet, data: CifarData, device: torch.device
-) -> dict[str, Any]:
+def offline_evaluation(cfg: TwoViewConfig, model: TwoViewNet, run: Run) -> dict[str, Any]:
     """Linear probe and k-NN on frozen encoder features."""
-    train, test = (
-        encode(cfg, model, split.images.to(device))["encoder"] for split in (data.train, data.test)
-    )
+    device, data = run.info.device, run.data
+    train, test = (encode(cfg, model, s.images.to(device))["encoder"] for s in (data.train, data.test))
     return {"encoder": classification_metrics(train, test, data, cfg.eval, device)}
 
 
@@ -221,7 +214,7 @@ def train(cfg: TwoViewConfig, run: Run, parts: Parts, stop_after: int | None) ->
             if (step + 1) % run.per_epoch == 0:
                 record = run.epoch_record(step + 1)
                 if info.is_main:  # evaluation on rank 0 only, without collectives
-                    record.update(evaluate_epoch(cfg, parts, run.data, run.progress, record["epoch"]))
+                    record.update(evaluate_epoch(cfg, parts, run, record["epoch"]))
                 run.log_epoch(record)
             if run.save(step + 1, parts.state(), stop, stop_after):
                 return run.stopped(stop.signal_name, step + 1)
@@ -237,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         run.begin(parts.state(), overwrite=args.overwrite)
         code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            offline = (
-                offline_evaluation(cfg, parts.model, run.data, run.info.device) if run.offline() else None
-            )
+            offline = offline_evaluation(cfg, parts.model, run) if run.offline() else None
             run.finish(parts.model, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 
