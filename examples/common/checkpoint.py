@@ -54,21 +54,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Loads and checks a checkpoint of these trainers (``ResumeError`` naming what is wrong)."""
     if not path.is_file():
         raise ResumeError(f"cannot resume '{path.parent}': it has no checkpoint {path.name}")
+    cannot = f"cannot resume from {path}:"
     if path.stat().st_size == 0:
-        raise ResumeError(f"cannot resume from {path}: the file is empty (a write that never finished?)")
+        raise ResumeError(f"{cannot} the file is empty (a write that never finished?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as err:
         why = " ".join(str(err).split()) or type(err).__name__
-        raise ResumeError(f"cannot resume from {path}: it cannot be loaded ({why[:300]})") from None
+        raise ResumeError(f"{cannot} it cannot be loaded ({why[:300]})") from None
     if not isinstance(state, dict):
-        raise ResumeError(
-            f"cannot resume from {path}: it holds a {type(state).__name__}, not a checkpoint dict"
-        )
+        raise ResumeError(f"{cannot} it holds a {type(state).__name__}, not a checkpoint dict")
     if missing := [k for k in REQUIRED if k not in state]:
-        raise ResumeError(
-            f"cannot resume from {path}: not a checkpoint of this trainer (no '{missing[0]}' entry)"
-        )
+        raise ResumeError(f"{cannot} not a checkpoint of this trainer (no '{missing[0]}' entry)")
     return state
 
 
