@@ -71,9 +71,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The evaluation of frozen features after training (``offline``): linear probe (L-BFGS, its L2 penalty
-    chosen among ``linear_weight_decays`` on a validation part of the training features), k-NN, and an MLP
-    regressor for the rotation R². ``seed`` fixes the evaluation views and every draw of the evaluation."""
+    """The evaluation of frozen features after training (``offline``): linear probe, k-NN and the MLP
+    regressor of the rotation R²; ``seed`` fixes the evaluation views and every draw."""
 
     offline: bool = True
     batch_size: int = 500
@@ -97,9 +96,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The optimizer and its learning rate: linear warmup, then a half-cosine to ``min_lr``, evaluated at
-    every step (``schedule_unit=step``) or held for each epoch (``epoch``). ``adam`` applies the weight decay
-    as an L2 term, ``adamw`` decoupled; norms, biases and learned tokens are never decayed."""
+    """The optimizer and its learning rate (see :func:`common.optim.learning_rate`)."""
 
     name: Literal["adamw", "adam"] = "adamw"
     lr: float = 1e-3
@@ -119,9 +116,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RateConfig:
-    """The coding-rate term ``- weight * R(z)`` of the loss: its weight (``constant``; ``warmup``: linear from
-    0 over ``warmup_epochs``; ``warmup_cosine``: then a half-cosine to ``final_weight``) and the settings of
-    :class:`jepa_rate.CodingRateLoss` (exactly one of ``eps`` and ``alpha``)."""
+    """The coding-rate term ``- weight * R(z)`` of the loss: its weight through ``schedule`` (see
+    :func:`common.optim.rate_weight`) and the settings of :class:`jepa_rate.CodingRateLoss`."""
 
     weight: float = 0.06
     schedule: Literal["constant", "warmup", "warmup_cosine"] = "constant"
@@ -280,17 +276,6 @@ def _absolute_paths(conf: DictConfig, base: Path) -> None:
             OmegaConf.update(conf, key, os.path.abspath(base / value))
 
 
-def _load_yaml(path: Path) -> DictConfig:
-    try:
-        conf = OmegaConf.load(path)
-    except yaml.MarkedYAMLError as err:  # duplicate keys included: "found duplicate key K"
-        line = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
-        raise ConfigError(f"{path}: {err.problem}{line}") from None
-    if not isinstance(conf, DictConfig):
-        raise ConfigError(f"{path}: a preset must be a mapping of keys to values")
-    return conf
-
-
 def _preset_path(preset: str, config_dir: Path) -> Path:
     path = Path(preset).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
@@ -312,7 +297,9 @@ def load_config(cls: type[C], source: Path | None, overrides: list[str], saved: 
     try:
         conf = OmegaConf.structured(cls)
         if source is not None:
-            preset = _load_yaml(source)
+            preset = OmegaConf.load(source)
+            if not isinstance(preset, DictConfig):
+                raise ConfigError(f"{source}: a preset must be a mapping of keys to values")
             if not saved:
                 _absolute_paths(preset, REPO_ROOT)
             conf = OmegaConf.merge(conf, preset)
@@ -323,6 +310,9 @@ def load_config(cls: type[C], source: Path | None, overrides: list[str], saved: 
         cfg.validate()
     except OmegaConfBaseException as err:
         raise _one_line(err, where, cls()) from None
+    except yaml.MarkedYAMLError as err:  # duplicate keys included: "found duplicate key K"
+        line = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        raise ConfigError(f"{where}: {err.problem}{line}") from None
     except (ValueError, TypeError) as err:  # __post_init__ and validate() name the key themselves
         raise ConfigError(str(err)) from None
     return cfg
@@ -342,9 +332,11 @@ def parse_config(
     add("--variant", choices=variants, help="shorthand for --set variant=...")
     add("--name", help="run folder name under out_dir (default: <preset>-<variant>)")
     add("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    add("--stop-after", type=_positive_int, metavar="STEPS", help="save and stop after STEPS global steps")
+    add("--stop-after", type=int, metavar="STEPS", help="save and stop after STEPS global steps")
     add("--overwrite", action="store_true", help="replace an existing run folder")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"argument --stop-after: must be >= 1, got {args.stop_after}")
     overrides = [*([f"variant={args.variant}"] if args.variant else []), *args.overrides]
     try:
         if args.resume is not None:
@@ -361,9 +353,3 @@ def parse_config(
     if cfg.name is None:
         cfg = replace(cfg, name=f"{name_prefix}{Path(args.config).stem}-{getattr(cfg, 'variant', 'run')}")
     return cfg, args
-
-
-def _positive_int(text: str) -> int:
-    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return int(text)
