@@ -130,15 +130,12 @@ def linear_probe(
         xf, xv = _standardize(train_x[fit], train_x[val])
         heads = [_fit_logistic(xf, train_y[fit], num_classes, wd, cfg.linear_max_iter) for wd in decays]
         scores = [accuracy(head(xv).detach(), train_y[val]) for head in heads]
-        best = decays[max(range(len(scores)), key=lambda i: (scores[i], -i))]  # ties: the first
+        best = decays[scores.index(max(scores))]  # ties: the first
     xtr, xte = _standardize(train_x, test_x)
     head = _fit_logistic(xtr, train_y, num_classes, best, cfg.linear_max_iter)
     with torch.no_grad():
-        return {
-            "linear_acc": accuracy(head(xte), test_y),
-            "linear_train_acc": accuracy(head(xtr), train_y),
-            "linear_weight_decay": best,
-        }
+        test_acc, train_acc = accuracy(head(xte), test_y), accuracy(head(xtr), train_y)
+    return {"linear_acc": test_acc, "linear_train_acc": train_acc, "linear_weight_decay": best}
 
 
 def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 20) -> float:

@@ -216,17 +216,17 @@ class Run:
             values = self.mean(metrics)
             epoch, elapsed = round((step + 1) / self.per_epoch, 4), round(self.wall_seconds(), 3)
             self.folder.log({"step": step + 1, "epoch": epoch, **values, "elapsed": elapsed})
-        self.progress.update(
-            self.cfg.batch_size, {k: values[k] for k in ("loss", "rate", "lr", "tau") if k in values}
-        )
+        shown = {k: values[k] for k in ("loss", "rate", "lr", "tau") if k in values}
+        self.progress.update(self.cfg.batch_size, shown)
 
     def mean(self, metrics: Mapping[str, Tensor | float] | None = None) -> dict[str, float]:
         """``metrics`` (default: the epoch's means) averaged over ranks, as floats (one collective)."""
         values = metrics if metrics is not None else {k: v / self.count for k, v in self.sums.items()}
         if not values:
             return {}
+        device = self.info.device
         stacked = torch.stack(
-            [torch.as_tensor(v, dtype=torch.float64, device=self.info.device) for v in values.values()]
+            [torch.as_tensor(v, dtype=torch.float64, device=device) for v in values.values()]
         )
         return dict(zip(values, all_reduce_mean(stacked).tolist(), strict=True))
 
@@ -237,11 +237,9 @@ class Run:
         if not any_rank(first >= 0, self.info.device):
             return
         where = f"at step {first + 1}" if first >= 0 else "on another rank"
-        kept = (
-            f"the last good checkpoint, {self.folder.checkpoint} (step {self.saved_step}), is kept"
-            if self.saved_step is not None
-            else "no checkpoint had been written yet"
-        )
+        kept = "no checkpoint had been written yet"
+        if self.saved_step is not None:
+            kept = f"the last good checkpoint, {self.folder.checkpoint} (step {self.saved_step}), is kept"
         raise FloatingPointError(
             f"the loss became NaN/Inf {where} (detected at step {step}); stopping: {kept}. "
             "Lower optim.lr, set optim.grad_clip or lower rate.weight, then --resume or start over."
