@@ -9,7 +9,7 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -246,13 +246,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
-def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.001, ...}`` of a config dataclass or a nested dict."""
-    items = cfg.items() if isinstance(cfg, dict) else ((f.name, getattr(cfg, f.name)) for f in fields(cfg))
+def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.001, ...}`` of a nested dict."""
     out: dict[str, Any] = {}
-    for key, value in items:
-        nested = isinstance(value, dict) or is_dataclass(value)
-        out.update(flat_keys(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
+    for key, value in tree.items():
+        out.update(
+            flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        )
     return out
 
 
@@ -260,7 +260,7 @@ def _one_line(err: Exception, where: str, schema: Any) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = (getattr(err, "msg", None) or str(err)).splitlines()[0].strip()
     if msg.startswith("Key '") and "not in" in msg:
-        known = list(flat_keys(schema))
+        known = list(flat_keys(to_dict(schema)))
         guess = difflib.get_close_matches(key, known, n=1, cutoff=0.5) or [
             k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
         ]

@@ -49,14 +49,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             archive.writestr(info, buffer.getvalue(), compresslevel=9)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the CIFAR-10 training npz (x, y, classes, files)")
@@ -67,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.source.is_file():
         parser.error(f"source npz not found: {args.source}")
-    source_sha = _sha256(args.source)
+    source_sha = hashlib.sha256(args.source.read_bytes()).hexdigest()
     if source_sha != SOURCE_SHA256:
         print(f"warning: source sha256 {source_sha} differs from {SOURCE_SHA256}", file=sys.stderr)
     with np.load(args.source, allow_pickle=False) as src:
@@ -80,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = np.bincount(arrays["y"], minlength=len(classes)).tolist()
     size = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size:.2f} MB): {index.size} images, per class {counts}")
-    print(f"sha256 {_sha256(args.out)}")
+    print(f"sha256 {hashlib.sha256(args.out.read_bytes()).hexdigest()}")
     print(f"sha256 of x bytes {hashlib.sha256(arrays['x'].tobytes()).hexdigest()}")
     return 0
 
