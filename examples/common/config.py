@@ -163,9 +163,8 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The ``model`` settings both trainers share: the encoder (``conv``: :class:`jepa_rate.ConvEncoder` with
-    ``conv_widths``; ``resnet18``: the CIFAR ResNet-18) and a teacher's EMA decay, ramped from ``ema_tau`` to
-    ``ema_tau_end`` on a cosine (``null``: constant)."""
+    """The ``model`` keys both trainers share: the encoder (:class:`jepa_rate.ConvEncoder` or the CIFAR
+    ResNet-18) and a teacher's EMA decay, ramped from ``ema_tau`` to ``ema_tau_end`` (``null``: fixed)."""
 
     encoder: Literal["conv", "resnet18"] = "conv"
     conv_widths: tuple[int, ...] = (16, 32, 64, 128)

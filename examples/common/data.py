@@ -164,9 +164,9 @@ def _check_test_split(test: Split, names: tuple[str, ...] | None, train: Split, 
 
 
 def load_cifar10(cfg: DataConfig) -> CifarData:
-    """The training and evaluation splits: ``data.train_npz`` (arrays ``x`` uint8 ``(N, H, W, 3)``, ``y``,
-    optional ``classes``), else the torchvision root ``data.data_dir``, else the embedded class-balanced
-    subset; the test split of ``data.test_npz`` or ``data_dir``, else a seeded class-balanced hold-out."""
+    """The splits: ``data.train_npz`` (``x`` uint8 ``(N, H, W, 3)``, ``y``, maybe ``classes``), else the
+    torchvision root ``data.data_dir``, else the embedded subset; tested on ``data.test_npz``, the
+    torchvision test split, or a seeded class-balanced hold-out."""
     test = None
     if cfg.train_npz is not None:
         train, names = read_npz(cfg.train_npz, "training npz (data.train_npz)")

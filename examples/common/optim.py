@@ -74,8 +74,7 @@ def time_rate(
     rate_loss: CodingRateLoss, shape: tuple[int, ...], device: torch.device, repeats: int = 3
 ) -> float:
     """Seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (collectives included under
-    DDP), by :class:`torch.utils.benchmark.Timer`: the rate's own cost, since its backward does not depend on
-    the graph upstream. A private generator leaves the RNG alone."""
+    DDP): the rate's own cost, as its backward does not depend on the graph upstream; the RNG is kept."""
     generator = torch.Generator(device).manual_seed(0)
     z = torch.randn(shape, device=device, generator=generator).requires_grad_(True)
     step = {"rate_loss": rate_loss, "z": z}

@@ -82,9 +82,7 @@ def plot_comparison(
 
 def plot_run(records: Records, folder: Path, step_keys: Sequence[str],
              epoch_keys: Sequence[str], spectra: Sequence[str]) -> None:  # fmt: skip
-    """A run's plots: ``train_curves.png`` (``step_keys`` of the step records), ``epoch_metrics.png``
-    (``epoch_keys`` of the epoch records) and ``spectrum.png`` (the spectra of the representations named
-    in ``spectra`` at the first and the last epoch)."""
+    """A run's ``train_curves.png``, ``epoch_metrics.png`` and ``spectrum.png`` (first and last epoch)."""
     steps = [r for r in records if not isinstance(r.get("epoch"), int)]
     epochs = [r for r in records if isinstance(r.get("epoch"), int)]
     for rows, keys, name, x in (

@@ -93,10 +93,8 @@ class RunDir:
 
 
 def open_run(cfg: RunConfig, *, resume: Path | None, overwrite: bool) -> Run:
-    """Starts DDP (under torchrun), loads the data, and checks the run folder and, with ``resume``, its
-    checkpoint; writes nothing. A problem with the user's files or settings exits with one ``error:`` line:
-    missing or malformed data, a batch that does not fit, an existing run (without ``overwrite``), a bad
-    ``last.pt`` or a config that changes a key a resume must keep."""
+    """Starts DDP (under torchrun), loads the data, checks the run folder and the checkpoint to ``resume``;
+    writes nothing. A problem with the user's files or settings exits with one ``error:`` line."""
     try:
         info = init_distributed(cfg.device)
         data = load_cifar10(cfg.data)
@@ -134,9 +132,8 @@ def check_resume_config(cfg: RunConfig, saved: Mapping[str, Any], path: Path) ->
 
 @contextmanager
 def guarded(run: Path) -> Iterator[None]:
-    """Around a trainer's run: SIGTERM acts as Ctrl-C; a Ctrl-C outside the training steps (evaluation,
-    plots) exits 130 with one line; a NaN loss or a checkpoint that does not fit the model is one ``error:``
-    line; the process group is torn down."""
+    """Around a run: SIGTERM acts as Ctrl-C, which exits 130 with one line outside the training steps; a NaN
+    loss or an unfit checkpoint is one ``error:`` line; the process group is torn down."""
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -155,11 +152,8 @@ def guarded(run: Path) -> Iterator[None]:
 
 
 class Run:
-    """A prepared run (process group, data, folder, step counts) and what its training loop does besides the
-    step: the epoch's metric sums, logs, epoch records, checkpoints, the stop and the summary. It is saved in
-    the checkpoint as ``meter``: the sums, the first step whose loss was NaN/Inf (a device-side flag, read
-    only at log steps and checkpoints: no host sync per step) and the seconds spent training, in timed steps
-    and in the coding rate of timed steps."""
+    """A prepared run and what its loop does besides the step: logs, epoch records, checkpoints, summary. Its
+    state (``meter`` in a checkpoint): metric sums, the first NaN/Inf step (on the device), timers."""
 
     def __init__(self, cfg: Any, info: DistInfo, data: CifarData, folder: RunDir, resumed: Any) -> None:
         self.cfg, self.info, self.data, self.folder, self.resumed = cfg, info, data, folder, resumed
