@@ -118,20 +118,20 @@ class TrainConfig(RunConfig):
     seq: SeqConfig = field(default_factory=SeqConfig)
 
     def validate(self) -> None:
-        if VARIANTS[self.variant].target == "ema" and self.model.target_pass == "separate":
+        variant, m = VARIANTS[self.variant], self.model
+        if variant.target == "ema" and m.target_pass == "separate":
             raise ValueError(
                 f"model.target_pass=separate needs a stop-gradient target, not the EMA of {self.variant}"
             )
-        if VARIANTS[self.variant].symmetric and self.seq.actions == "sincos":
+        if variant.symmetric and self.seq.actions == "sincos":
             raise ValueError(
                 "variant symmetric_rate inverts actions by negation, which is wrong for sincos codes "
                 "(the identity becomes 180 degrees): use seq.actions=onehot or auto"
             )
-        width = self.model.feature_dim + self.model.action_embed_dim
-        if width % self.model.num_heads:
+        if (width := m.feature_dim + m.action_embed_dim) % m.num_heads:
             raise ValueError(
-                f"model.num_heads={self.model.num_heads} must divide the aggregator width {width} "
-                f"(encoder features + model.action_embed_dim={self.model.action_embed_dim})"
+                f"model.num_heads={m.num_heads} must divide the aggregator width {width} "
+                f"(encoder features + model.action_embed_dim={m.action_embed_dim})"
             )
 
     @property
@@ -248,15 +248,14 @@ def train(cfg: TrainConfig, run: Run, parts: Parts, stop_after: int | None) -> i
     info, device, model, variant = run.info, run.info.device, parts.model, VARIANTS[cfg.variant]
     images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     local = cfg.batch_size // info.world_size
+    share = slice(info.rank * local, (info.rank + 1) * local)  # this rank's rows of the global batch
     with StopRequest() as stop:
         for step in range(run.start, run.total):
             torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # nothing random depends on the past
             idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
             x, y = images[idx.to(device)], labels[idx.to(device)]
             turns = draw_rotations(cfg.batch_size, cfg.seq.num_observations + 1, mix_seed(cfg.seed, step))
-            turns = turns[info.rank * local : (info.rank + 1) * local].to(
-                device
-            )  # drawn for the global batch
+            turns = turns[share].to(device)  # drawn for the global batch
             lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr

@@ -189,6 +189,5 @@ def format_report(path: Path, summary: Mapping[str, Any]) -> str:
         lines += [f"  {group}: " + " | ".join(parts)] if parts else []
     rate = _fmt(summary.get("rate_time_share"), "share")
     lines.append(f"  {_fmt(summary.get('images_per_s'), 'img/s')} img/s | coding rate {rate} of step time")
-    return "\n".join(
-        [*lines, f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)"]
-    )
+    lines.append(f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)")
+    return "\n".join(lines)

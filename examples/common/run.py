@@ -30,10 +30,6 @@ from common.report import Progress, format_metrics, format_report, plot_run
 from jepa_rate import CodingRateLoss
 
 
-class RunExistsError(FileExistsError):
-    """The run folder holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file (``[]`` if absent); a torn last line from a crash is ignored."""
     if not path.is_file():
@@ -74,9 +70,8 @@ class RunDir:
         atomic_write(self.path / "config.json", (json.dumps(config, indent=2) + "\n").encode())
 
     def _write_logs(self) -> None:
-        atomic_write(
-            self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records).encode()
-        )
+        jsonl = "".join(json.dumps(r) + "\n" for r in self.records)
+        atomic_write(self.path / "metrics.jsonl", jsonl.encode())
         rows = [flat_keys(r) for r in self.records]
         columns = list(dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, list)))
         buffer = io.StringIO()
@@ -107,7 +102,7 @@ def open_run(cfg: RunConfig, *, resume: Path | None, overwrite: bool) -> Run:
         elif path.exists() and any(path.iterdir()):
             why = "it is not a run folder (no config.yaml)" if overwrite else "it already exists"
             if not overwrite or not (path / "config.yaml").is_file():
-                raise RunExistsError(f"run folder '{path}': {why}; continue it with --resume {path}, "
+                raise FileExistsError(f"run folder '{path}': {why}; continue it with --resume {path}, "
                                      "start over with --overwrite, or choose another --name")  # fmt: skip
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -288,22 +283,18 @@ class Run:
         cfg, records, s = self.cfg, self.folder.records, self.seconds
         last = next((r for r in reversed(records) if isinstance(r.get("epoch"), int)), {})
         summary: dict[str, Any] = {
-            "variant": cfg.variant,
-            "data": self.data.description,
+            "variant": cfg.variant, "data": self.data.description,
             "online": {k[7:]: v for k, v in last.items() if k.startswith("online.")},
             "effective_rank": {n: last.get(f"{n}.effective_rank") for n in representations},
             "collapsed": {n: last.get(f"{n}.collapsed") for n in representations},
             **({"offline": offline} if offline is not None else {}),
-            "steps": self.total,
-            "epochs": cfg.epochs,
-            "world_size": self.info.world_size,
-            "wall_time_s": round(self.wall_seconds(), 3),
-            "train_time_s": round(s["train"], 3),
+            "steps": self.total, "epochs": cfg.epochs, "world_size": self.info.world_size,
+            "wall_time_s": round(self.wall_seconds(), 3), "train_time_s": round(s["train"], 3),
             "images_per_s": self.total * cfg.batch_size / s["train"] if s["train"] > 0 else None,
             "rate_time_share": s["rate"] / s["timed"] if s["timed"] > 0 else None,
             "rate_timed_steps": int(s["timed_steps"]),
             "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        }
+        }  # fmt: skip
         if self.folder.enabled:
             atomic_write(self.folder.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
             plot_run(records, self.folder.path, step_keys, epoch_keys, representations)
@@ -314,11 +305,8 @@ class Run:
         return self.seconds["wall"] + time.perf_counter() - self.started
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "sums": dict(self.sums),
-            "count": self.count,
-            "seconds": {**self.seconds, "wall": self.wall_seconds()},
-        }
+        seconds = {**self.seconds, "wall": self.wall_seconds()}
+        return {"sums": dict(self.sums), "count": self.count, "seconds": seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums = {k: v.to(self.info.device) for k, v in state["sums"].items()}
