@@ -17,7 +17,6 @@ Presets live in ``examples/configs/two_view``; outputs go to ``runs/two_view-<pr
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,17 +72,11 @@ class TwoViewConfig(RunConfig):
 
 
 # ------------------------------------------------------------------------------------------------ model
-def mlp(sizes: tuple[int, ...], *, last_norm: bool) -> nn.Sequential:
-    """``Linear -> BN -> ReLU`` blocks, then a last ``Linear`` (followed by BN if ``last_norm``)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        last = i == len(sizes) - 2
-        layers.append(nn.Linear(a, b, bias=last and not last_norm))
-        if not last:
-            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-        elif last_norm:
-            layers.append(nn.BatchNorm1d(b, affine=False))
-    return nn.Sequential(*layers)
+def mlp(d_in: int, hidden: int, d_out: int, *, last_norm: bool) -> nn.Sequential:
+    """``Linear -> BN -> ReLU -> Linear``, then a BN without affine parameters if ``last_norm``."""
+    norm = [nn.BatchNorm1d(d_out, affine=False)] if last_norm else []
+    layers = [nn.Linear(d_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Linear(hidden, d_out, bias=not last_norm), *norm)
 
 
 class TwoViewOutput(NamedTuple):
@@ -104,8 +97,8 @@ class TwoViewNet(nn.Module):
         m = cfg.model
         self.variant = cfg.variant
         self.encoder = m.build_encoder()
-        self.projector = mlp((m.feature_dim, m.proj_hidden, m.proj_dim), last_norm=True)
-        self.predictor = mlp((m.proj_dim, m.pred_hidden, m.proj_dim), last_norm=False)
+        self.projector = mlp(m.feature_dim, m.proj_hidden, m.proj_dim, last_norm=True)
+        self.predictor = mlp(m.proj_dim, m.pred_hidden, m.proj_dim, last_norm=False)
         self.target: EMATarget | None = None
         if cfg.variant == "byol":
             self.target = EMATarget(nn.Sequential(self.encoder, self.projector), m.ema_decay(total_steps))
