@@ -162,32 +162,18 @@ class Parts(NamedTuple):
 def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     m, variant = cfg.model, VARIANTS[cfg.variant]
     model = SeqJEPA(
-        m.build_encoder(),
-        action_dim=4 if cfg.action_kind == "onehot" else 2,
+        m.build_encoder(), action_dim=4 if cfg.action_kind == "onehot" else 2, relative_actions=True,
         action_embed_dim=m.action_embed_dim,
-        relative_actions=True,
-        target=variant.target,
-        ema_decay=m.ema_decay(total_steps),
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        dim_feedforward=m.dim_feedforward,
-        dropout=m.dropout,
-        predictor_hidden=m.predictor_hidden,
-        predictor_norm=m.predictor_norm,
-        symmetric=variant.symmetric,
-        target_pass=m.target_pass,
-    ).to(info.device)
-    p, hidden = cfg.probe, cfg.probe.hidden
-    class_head = nn.Linear(model.aggregator.d_model, num_classes)
+        num_layers=m.num_layers, num_heads=m.num_heads, dim_feedforward=m.dim_feedforward, dropout=m.dropout,
+        predictor_hidden=m.predictor_hidden, predictor_norm=m.predictor_norm, symmetric=variant.symmetric,
+        target=variant.target, ema_decay=m.ema_decay(total_steps), target_pass=m.target_pass,
+    ).to(info.device)  # fmt: skip
+    hidden, probe = cfg.probe.hidden, {"lr": cfg.probe.lr, "weight_decay": cfg.probe.weight_decay}
+    class_head = nn.Linear(model.aggregator.d_model, num_classes).to(info.device)
     rotation_head = nn.Sequential(nn.Linear(2 * model.embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2))
-    return Parts(
-        model,
-        wrap(model, info, cfg.compile),
-        build_optimizer(model, cfg.optim),
-        cfg.rate.loss(info.distributed),
-        OnlineProbe(class_head.to(info.device), lr=p.lr, weight_decay=p.weight_decay),
-        OnlineProbe(rotation_head.to(info.device), lr=p.lr, weight_decay=p.weight_decay),
-    )
+    return Parts(model, wrap(model, info, cfg.compile), build_optimizer(model, cfg.optim),
+                 cfg.rate.loss(info.distributed), OnlineProbe(class_head, **probe),
+                 OnlineProbe(rotation_head.to(info.device), **probe))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- evaluation

@@ -129,13 +129,9 @@ class Parts(NamedTuple):
 def build(cfg: TwoViewConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     model = TwoViewNet(cfg, total_steps).to(info.device)
     head = nn.Linear(cfg.model.feature_dim, num_classes).to(info.device)
-    return Parts(
-        model,
-        wrap(model, info, cfg.compile),
-        build_optimizer(model, cfg.optim),
-        cfg.rate.loss(info.distributed),
-        OnlineProbe(head, lr=cfg.probe.lr, weight_decay=cfg.probe.weight_decay),
-    )
+    probe = OnlineProbe(head, lr=cfg.probe.lr, weight_decay=cfg.probe.weight_decay)
+    return Parts(model, wrap(model, info, cfg.compile), build_optimizer(model, cfg.optim),
+                 cfg.rate.loss(info.distributed), probe)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- evaluation
