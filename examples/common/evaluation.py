@@ -232,13 +232,10 @@ def collapse_record(name: str, z: Tensor) -> tuple[dict[str, Any], str | None]:
     """
     m = collapse_metrics(z.detach().float())
     record = {
-        f"{name}.effective_rank": float(m.effective_rank),
-        f"{name}.normalized_std": float(m.normalized_std),
-        f"{name}.mean_cosine": float(m.mean_cosine),
-        f"{name}.collapsed": bool(m.collapsed),
-        f"{name}.spectrum": m.spectrum.cpu().tolist(),
-        f"{name}.std": m.std.cpu().tolist(),
-    }
+        f"{name}.effective_rank": float(m.effective_rank), f"{name}.normalized_std": float(m.normalized_std),
+        f"{name}.mean_cosine": float(m.mean_cosine), f"{name}.collapsed": bool(m.collapsed),
+        f"{name}.spectrum": m.spectrum.cpu().tolist(), f"{name}.std": m.std.cpu().tolist(),
+    }  # fmt: skip
     rank, std, dim = float(m.effective_rank), float(m.normalized_std), z.shape[1]
     warning = None
     if m.collapsed:

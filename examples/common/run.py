@@ -172,11 +172,9 @@ class Run:
         barrier()
         cfg, info = self.cfg, self.info
         self.progress = Progress(self.total, self.start, cfg.log_every, enabled=info.is_main)
-        self.progress.write(
-            f"run {self.folder.path}: {self.data.description} | {cfg.variant} | {self.total} steps of "
-            f"{cfg.batch_size} on {info.device} x{info.world_size}"
-            + (f" | resumed at step {self.start}" if self.start else "")
-        )
+        resumed = f" | resumed at step {self.start}" if self.start else ""
+        what = f"{self.data.description} | {cfg.variant} | {self.total} steps of {cfg.batch_size}"
+        self.progress.write(f"run {self.folder.path}: {what} on {info.device} x{info.world_size}{resumed}")
 
     def log_step(
         self, step: int, began: float, rate_loss: CodingRateLoss, shape: torch.Size, metrics: dict[str, Any]
@@ -264,8 +262,9 @@ class Run:
         """Reports a run stopped early; returns its exit code (130 after a signal)."""
         self.progress.close()
         why = f"interrupted ({signal_name})" if signal_name else f"stopped after step {step}"
-        where = self.folder.path
-        self.progress.write(f"{why}; checkpoint {self.folder.checkpoint}. Continue with --resume {where}")
+        self.progress.write(
+            f"{why}; checkpoint {self.folder.checkpoint}. Continue with --resume {self.folder.path}"
+        )
         return 130 if signal_name else 0
 
     def offline(self) -> bool:
