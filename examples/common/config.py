@@ -43,12 +43,11 @@ def check_min(cfg: Any, prefix: str, minimum: float, names: str, reason: str = "
 
 def check_range(cfg: Any, prefix: str, low: float, high: float, names: str, open_high: bool = False) -> None:
     """Raises ``ValueError`` naming the first of ``names`` outside ``[low, high]`` (``[low, high)``)."""
+    close = ")" if open_high else "]"
     for name in names.split():
         v = getattr(cfg, name)
         if v is not None and not (math.isfinite(v) and low <= v and (v < high if open_high else v <= high)):
-            raise ValueError(
-                f"{prefix}{name} must lie in [{low}, {high}{')' if open_high else ']'}, got {v!r}"
-            )
+            raise ValueError(f"{prefix}{name} must lie in [{low}, {high}{close}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -88,10 +87,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_min(self, "eval.", 1, "batch_size knn_k linear_max_iter regressor_hidden regressor_steps")
         check_min(self, "eval.", 2, "regressor_max_train")
-        if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
-            raise ValueError(
-                f"eval.linear_weight_decays must be non-empty and >= 0, got {self.linear_weight_decays}"
-            )
+        if not (decays := self.linear_weight_decays) or min(decays) < 0:
+            raise ValueError(f"eval.linear_weight_decays must be non-empty and >= 0, got {decays}")
 
 
 @dataclass(frozen=True)
@@ -172,10 +169,8 @@ class EncoderConfig:
     ema_tau_end: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not self.conv_widths or min(self.conv_widths) < 1:
-            raise ValueError(
-                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
-            )
+        if not (widths := self.conv_widths) or min(widths) < 1:
+            raise ValueError(f"model.conv_widths must be one or more channel counts >= 1, got {list(widths)}")
         check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
     @property
@@ -249,9 +244,8 @@ def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optim.lr": 0.001, ...}`` of a nested dict."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        out.update(
-            flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        )
+        nested = isinstance(value, dict)
+        out.update(flat_keys(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
     return out
 
 
