@@ -215,6 +215,7 @@ def evaluate_epoch(cfg: TrainConfig, parts: Parts, run: Run, epoch: int) -> dict
 
 def offline_evaluation(cfg: TrainConfig, model: SeqJEPA, run: Run) -> dict[str, Any]:
     """Linear probe and k-NN on frozen z_AGG and encoder features; rotation R² from frozen [z_0, z_1]."""
+    print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
     device, data = run.info.device, run.data
     train = encode(cfg, model, data.train.images.to(device), 1)
     test = encode(cfg, model, data.test.images.to(device), 2)
@@ -286,11 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config(TrainConfig, argv, __doc__.splitlines()[0], list(VARIANTS))
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
         run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
-        parts = build(cfg, run.total, run.data.num_classes, run.info)
+        info = run.info
+        parts = build(cfg, run.total, run.data.num_classes, info)
         run.begin(parts.state(), overwrite=args.overwrite)
         code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            offline = offline_evaluation(cfg, parts.model, run) if run.offline() else None
+            offline = offline_evaluation(cfg, parts.model, run) if info.is_main and cfg.eval.offline else None
             run.finish(parts.model, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 

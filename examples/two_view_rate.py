@@ -157,6 +157,7 @@ def evaluate_epoch(cfg: TwoViewConfig, parts: Parts, run: Run, epoch: int) -> di
 
 def offline_evaluation(cfg: TwoViewConfig, model: TwoViewNet, run: Run) -> dict[str, Any]:
     """Linear probe and k-NN on frozen encoder features."""
+    print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
     device, data = run.info.device, run.data
     train, test = (encode(cfg, model, s.images.to(device))["encoder"] for s in (data.train, data.test))
     return {"encoder": classification_metrics(train, test, data, cfg.eval, device)}
@@ -215,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_config(TwoViewConfig, argv, __doc__.splitlines()[0], list(VARIANTS), "two_view")
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
         run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
-        parts = build(cfg, run.total, run.data.num_classes, run.info)
+        info = run.info
+        parts = build(cfg, run.total, run.data.num_classes, info)
         run.begin(parts.state(), overwrite=args.overwrite)
         code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            offline = offline_evaluation(cfg, parts.model, run) if run.offline() else None
+            offline = offline_evaluation(cfg, parts.model, run) if info.is_main and cfg.eval.offline else None
             run.finish(parts.model, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 

@@ -267,14 +267,6 @@ class Run:
         )
         return 130 if signal_name else 0
 
-    def offline(self) -> bool:
-        """Whether this process evaluates frozen features after training (rank 0, unless ``eval.offline``
-        is off); says so when it does."""
-        due = self.info.is_main and self.cfg.eval.offline
-        if due:
-            print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        return bool(due)
-
     def finish(self, model: torch.nn.Module, offline: dict[str, Any] | None, representations: tuple[str, ...],
                step_keys: tuple[str, ...], epoch_keys: tuple[str, ...]) -> None:  # fmt: skip
         """Writes ``summary.json`` (the last epoch's evaluation, the ``offline`` one, throughput, size), the
