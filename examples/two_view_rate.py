@@ -108,10 +108,8 @@ class TwoViewNet(nn.Module):
         both = views.flatten(0, 1)
         features = self.encoder(both)
         z = self.projector(features)
-        if self.target is not None:
-            t = self.target(both).detach()
-        else:
-            t = z.detach() if self.variant == "simsiam" else z
+        t = self.target(both).detach() if self.target is not None else z
+        t = t.detach() if self.variant == "simsiam" else t  # rate and none: gradients through both branches
         return TwoViewOutput(features, z, self.predictor(z), t)
 
 
