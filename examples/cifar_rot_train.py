@@ -1,36 +1,18 @@
 """Train seq-JEPA on CIFAR-10 rotation sequences, with an EMA teacher or a coding-rate regularizer.
 
-The question behind it: can a coding-rate regularizer replace the EMA teacher without collapse? Each image is
-seen as ``M + 1`` views (view 0 unrotated, the others rotated by random quarter turns; the last is the
-target). seq-JEPA encodes the ``M`` observed views, aggregates them with their relative actions into
-``z_AGG`` and predicts the target view's embedding. The loss is written out in :func:`train_step`::
-
-    loss = prediction_loss(prediction, target) - w * R(z_AGG)        # w: rate.weight through rate.schedule
-
-=================== ================================ =========== =========
-variant             target of the prediction         coding rate symmetric
-=================== ================================ =========== =========
-``ema``             EMA teacher (upstream seq-JEPA)  no          no
-``ema_rate``        EMA teacher                      yes         no
-``teacherless_rate`` online encoder, stop-gradient   yes         no
-``teacherless``     online encoder, stop-gradient    no          no
-``symmetric_rate``  online encoder, stop-gradient    yes         yes
-=================== ================================ =========== =========
-
-``teacherless`` is the control, expected to collapse. ``symmetric_rate`` also predicts the first view from
-the reversed sequence; seq-JEPA inverts its actions by negation, which maps the ``[sin, cos]`` code of 0
-degrees onto 180, so with ``seq.actions=auto`` it uses one-hot codes.
+Each image is seen as ``M + 1`` views rotated by random quarter turns (view 0 unrotated, the last the
+target); seq-JEPA aggregates the ``M`` observed views with their relative actions into ``z_AGG`` and
+predicts the target's embedding. The loss, in :func:`train`: ``prediction_loss - w * R(z_AGG)``. ``VARIANTS``
+lists the variants; docs/trainer.md explains them, the outputs and how to read them.
 
 Usage::
 
     python examples/cifar_rot_train.py                            # demo preset: embedded subset, ~1 min CPU
-    python examples/cifar_rot_train.py --config cpu --variant ema_rate
-    python examples/cifar_rot_train.py --set optim.lr=3e-4 --set rate.weight=0.1
+    python examples/cifar_rot_train.py --config cpu --variant ema_rate --set rate.weight=0.1
     torchrun --nproc_per_node=2 examples/cifar_rot_train.py --config cpu
     python examples/cifar_rot_train.py --resume runs/demo-teacherless_rate   # continue a stopped run
 
-Outputs go to ``runs/<name>/`` (default ``<preset>-<variant>``): ``config.yaml``, ``metrics.jsonl`` /
-``metrics.csv``, ``summary.json``, ``last.pt`` and plots; ``examples/compare_runs.py`` compares runs.
+Outputs go to ``runs/<name>/`` (default ``<preset>-<variant>``); ``examples/compare_runs.py`` compares runs.
 """
 
 from __future__ import annotations
@@ -44,10 +26,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from common.checkpoint import restore
-from common.config import RunConfig, check_min, check_range, parse_config
-from common.data import CifarData, batch_indices, mix_seed
-from common.dist import DistInfo, any_rank, barrier, wrap
+from common.config import EncoderConfig, RunConfig, check_min, check_range, parse_config
+from common.data import batch_indices, mix_seed
+from common.dist import DistInfo, wrap
 from common.evaluation import (
     OnlineProbe,
     accuracy,
@@ -58,11 +39,10 @@ from common.evaluation import (
     r2_score,
     rotation_accuracy,
 )
-from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
-from common.report import Progress
-from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
+from common.optim import build_optimizer, learning_rate, rate_weight
+from common.run import Run, StopRequest, guarded, open_run
 from common.views import ROTATION_SINCOS, draw_rotations, rotation_actions, rotation_views
-from jepa_rate import CodingRateLoss, ConvEncoder, SeqJEPA, cifar_resnet18, prediction_loss
+from jepa_rate import CodingRateLoss, SeqJEPA, prediction_loss
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -81,15 +61,8 @@ VARIANTS = {
 }
 #: What the plots show: the step records (train_curves.png) and the epoch records (epoch_metrics.png).
 STEP_PLOTS = (
-    "loss",
-    "pred_loss",
-    "rate",
-    "norm_rate",
-    "lr",
-    "tau",
-    "probe_class_loss",
-    "probe_rotation_loss",
-)
+    "loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss", "probe_rotation_loss",
+)  # fmt: skip
 EPOCH_PLOTS = (
     "train.pred_loss", "val_pred_loss", "train.rate", "online.linear_acc", "online.rotation_r2",
     "online.rotation_acc", "encoder.effective_rank", "z_agg.effective_rank", "z_agg.normalized_std",
@@ -97,15 +70,10 @@ EPOCH_PLOTS = (
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The seq-JEPA architecture (see :class:`jepa_rate.SeqJEPA`): ``conv`` is :class:`jepa_rate.ConvEncoder`
-    with ``conv_widths`` and ``encoder_norm``, ``resnet18`` the CIFAR ResNet-18. The EMA decay ramps from
-    ``ema_tau`` to ``ema_tau_end`` on a cosine (``null``: constant). ``rate_on``: ``agg`` (z_AGG) or
-    ``encoder`` (the observed views' encodings)."""
+class ModelConfig(EncoderConfig):
+    """The seq-JEPA architecture (see :class:`jepa_rate.SeqJEPA`) on the encoder of
+    :class:`common.config.EncoderConfig`. ``rate_on``: ``agg`` (z_AGG) or ``encoder`` (the encodings)."""
 
-    encoder: Literal["conv", "resnet18"] = "conv"
-    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
-    encoder_norm: Literal["batch", "none"] = "batch"  # none: the collapse control of the results page
     action_embed_dim: int = 32
     num_layers: int = 2
     num_heads: int = 4
@@ -116,17 +84,11 @@ class ModelConfig:
     target_pass: Literal["joint", "separate"] = "joint"  # a stop-gradient target's encoder pass
     loss: Literal["cosine", "mse", "smooth_l1"] = "cosine"
     rate_on: Literal["agg", "encoder"] = "agg"
-    ema_tau: float = 0.996
-    ema_tau_end: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not self.conv_widths or min(self.conv_widths) < 1:
-            raise ValueError(
-                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
-            )
+        super().__post_init__()
         check_min(self, "model.", 1, "action_embed_dim num_layers num_heads dim_feedforward predictor_hidden")
         check_range(self, "model.", 0.0, 1.0, "dropout", open_high=True)
-        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
@@ -156,20 +118,16 @@ class TrainConfig(RunConfig):
     seq: SeqConfig = field(default_factory=SeqConfig)
 
     def validate(self) -> None:
-        if self.model.encoder == "resnet18" and self.model.encoder_norm != "batch":
-            raise ValueError("model.encoder_norm=none is a setting of the conv encoder, not of resnet18")
-        if VARIANTS[self.variant].symmetric and self.seq.actions == "sincos":
+        variant, m = VARIANTS[self.variant], self.model
+        if variant.symmetric and self.seq.actions == "sincos":
             raise ValueError(
                 "variant symmetric_rate inverts actions by negation, which is wrong for sincos codes "
                 "(the identity becomes 180 degrees): use seq.actions=onehot or auto"
             )
-        width = (
-            512 if self.model.encoder == "resnet18" else self.model.conv_widths[-1]
-        ) + self.model.action_embed_dim
-        if width % self.model.num_heads:
+        if (width := m.feature_dim + m.action_embed_dim) % m.num_heads:
             raise ValueError(
-                f"model.num_heads={self.model.num_heads} must divide the aggregator width {width} "
-                f"(encoder features + model.action_embed_dim={self.model.action_embed_dim})"
+                f"model.num_heads={m.num_heads} must divide the aggregator width {width} "
+                f"(encoder features + model.action_embed_dim={m.action_embed_dim})"
             )
 
     @property
@@ -199,68 +157,21 @@ class Parts(NamedTuple):
 
 def build(cfg: TrainConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     m, variant = cfg.model, VARIANTS[cfg.variant]
-    conv = m.encoder == "conv"
-    encoder = ConvEncoder(widths=m.conv_widths, norm=m.encoder_norm) if conv else cifar_resnet18()
     model = SeqJEPA(
-        encoder,
-        action_dim=4 if cfg.action_kind == "onehot" else 2,
+        m.build_encoder(), action_dim=4 if cfg.action_kind == "onehot" else 2, relative_actions=True,
         action_embed_dim=m.action_embed_dim,
-        relative_actions=True,
-        target=variant.target,
-        ema_decay=ema_schedule(m.ema_tau, m.ema_tau_end, total_steps),
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        dim_feedforward=m.dim_feedforward,
-        dropout=m.dropout,
-        predictor_hidden=m.predictor_hidden,
-        predictor_norm=m.predictor_norm,
-        symmetric=variant.symmetric,
-        # An EMA teacher always encodes the target in its own pass; the key applies to stop-gradient targets.
+        num_layers=m.num_layers, num_heads=m.num_heads, dim_feedforward=m.dim_feedforward, dropout=m.dropout,
+        predictor_hidden=m.predictor_hidden, predictor_norm=m.predictor_norm, symmetric=variant.symmetric,
+        target=variant.target, ema_decay=m.ema_decay(total_steps),
+        # An EMA teacher always encodes the target in its own pass: the key applies to stop-gradient ones.
         target_pass=m.target_pass if variant.target == "stopgrad" else "joint",
-    ).to(info.device)
-    p, hidden = cfg.probe, cfg.probe.hidden
-    class_head = nn.Linear(model.aggregator.d_model, num_classes)
+    ).to(info.device)  # fmt: skip
+    hidden, probe = cfg.probe.hidden, {"lr": cfg.probe.lr, "weight_decay": cfg.probe.weight_decay}
+    class_head = nn.Linear(model.aggregator.d_model, num_classes).to(info.device)
     rotation_head = nn.Sequential(nn.Linear(2 * model.embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2))
-    return Parts(
-        model,
-        wrap(model, info, cfg.compile),
-        build_optimizer(model, cfg.optim),
-        cfg.rate.loss(info.distributed),
-        OnlineProbe(class_head.to(info.device), lr=p.lr, weight_decay=p.weight_decay),
-        OnlineProbe(rotation_head.to(info.device), lr=p.lr, weight_decay=p.weight_decay),
-    )
-
-
-# ------------------------------------------------------------------------------------------- train step
-def train_step(
-    cfg: TrainConfig, parts: Parts, images: Tensor, labels: Tensor, turns: Tensor, w: float
-) -> dict[str, Any]:
-    """One optimization step on a batch of uint8 ``images`` with quarter ``turns``; returns its metrics."""
-    model, device = parts.model, images.device
-    views = rotation_views(images, turns, crop=cfg.seq.crop, flip=cfg.seq.flip)
-    actions = rotation_actions(turns.to(device), cfg.action_kind)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        out = parts.net(views, actions)
-        pred_loss = prediction_loss(out.prediction, out.target, cfg.model.loss)
-    z = out.z_agg if cfg.model.rate_on == "agg" else out.encodings.flatten(0, 1)
-    with torch.set_grad_enabled(VARIANTS[cfg.variant].rate):  # logged for every variant, trained with some
-        terms = parts.rate_loss.forward_components(z.float())
-    loss = pred_loss - w * terms.rate
-    parts.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
-    if cfg.optim.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    parts.optimizer.step()
-    tau = model.target_encoder.current_decay() if model.target_encoder is not None else None
-    model.update_target()
-    pair = torch.cat((out.encodings[:, 0], out.encodings[:, 1]), dim=1)  # probes: detached inputs
-    rotation = ROTATION_SINCOS.to(device)[turns[:, 1].to(device)]
-    return {
-        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **({"tau": tau} if tau is not None else {}),
-        "rate": terms.rate.detach(), "norm_rate": terms.normalized_rate.detach(), "rate_scale": terms.scale,
-        "rate_weight": w, "probe_class_loss": parts.class_probe.step(out.z_agg[: len(images)], labels),
-        "probe_rotation_loss": parts.rotation_probe.step(pair, rotation), "rate_shape": tuple(z.shape),
-    }  # fmt: skip
+    return Parts(model, wrap(model, info, cfg.compile), build_optimizer(model, cfg.optim),
+                 cfg.rate.loss(info.distributed), OnlineProbe(class_head, **probe),
+                 OnlineProbe(rotation_head.to(info.device), **probe))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -285,11 +196,9 @@ def encode(cfg: TrainConfig, model: SeqJEPA, images: Tensor, salt: int) -> dict[
     return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
 
-def evaluate_epoch(
-    cfg: TrainConfig, parts: Parts, data: CifarData, progress: Progress, epoch: int
-) -> dict[str, Any]:
+def evaluate_epoch(cfg: TrainConfig, parts: Parts, run: Run, epoch: int) -> dict[str, Any]:
     """The online probes and collapse diagnostics on the evaluation split (rank 0, no collectives)."""
-    device = parts.class_probe.head.weight.device  # type: ignore[union-attr]
+    device, data = run.info.device, run.data
     f = encode(cfg, parts.model, data.test.images.to(device), salt=2)
     pred = parts.rotation_probe.predict(torch.cat((f["z0"], f["z1"]), dim=1).to(device)).cpu()
     record: dict[str, Any] = {
@@ -299,19 +208,17 @@ def evaluate_epoch(
         "online.rotation_acc": rotation_accuracy(pred, f["turns"]),
     }
     representations = {"z_agg": f["z_agg"], "encoder": f["z0"]}
-    return {**record, **collapse_diagnostics(representations, progress.write, epoch)}
+    return {**record, **collapse_diagnostics(representations, run.progress.write, epoch)}
 
 
-def offline_evaluation(
-    cfg: TrainConfig, model: SeqJEPA, data: CifarData, device: torch.device
-) -> dict[str, Any]:
+def offline_evaluation(cfg: TrainConfig, model: SeqJEPA, run: Run) -> dict[str, Any]:
     """Linear probe and k-NN on frozen z_AGG and encoder features; rotation R² from frozen [z_0, z_1]."""
+    print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
+    device, data = run.info.device, run.data
     train = encode(cfg, model, data.train.images.to(device), 1)
     test = encode(cfg, model, data.test.images.to(device), 2)
     out: dict[str, Any] = {
-        name: classification_metrics(
-            train[key], data.train.labels, test[key], data.test.labels, data.num_classes, cfg.eval, device
-        )
+        name: classification_metrics(train[key], test[key], data, cfg.eval, device)
         for name, key in (("z_agg", "z_agg"), ("encoder", "z0"))
     }
     pairs = [torch.cat((f["z0"], f["z1"]), dim=1) for f in (train, test)]
@@ -321,81 +228,70 @@ def offline_evaluation(
 
 
 # ---------------------------------------------------------------------------------------- the training run
-def prepare(cfg: TrainConfig, resume: Path | None, overwrite: bool) -> Setup:
-    """Data, run folder, model and the resumed state: everything is checked before anything is written."""
-    info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
-    per_epoch = len(data.train) // cfg.batch_size
-    parts, meter = build(cfg, cfg.epochs * per_epoch, data.num_classes, info), Meter(info.device)
-    start = 0
-    if checkpoint is not None:
-        restore(run.checkpoint, checkpoint["state"], {**parts.state(), "meter": meter})
-        start = int(checkpoint["step"])
-    run.begin(cfg, start, overwrite=overwrite)
-    barrier()
-    return Setup(info, data, run, parts, meter, start, cfg.epochs * per_epoch, per_epoch)
-
-
-def train(cfg: TrainConfig, s: Setup, stop_after: int | None) -> int | None:
+def train(cfg: TrainConfig, run: Run, parts: Parts, stop_after: int | None) -> int | None:
     """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
-    info, run, parts, meter = s.info, s.run, s.parts, s.meter
-    images, labels = s.data.train.images.to(info.device), s.data.train.labels.to(info.device)
-    progress = Progress(s.total, s.start, cfg.log_every, enabled=info.is_main)
-    progress.write(
-        f"run {run.path}: {s.data.description} | {cfg.variant} | {s.total} steps of {cfg.batch_size} "
-        f"on {info.device} x{info.world_size}" + (f" | resumed at step {s.start}" if s.start else "")
-    )
+    info, device, model, variant = run.info, run.info.device, parts.model, VARIANTS[cfg.variant]
+    images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     local = cfg.batch_size // info.world_size
+    share = slice(info.rank * local, (info.rank + 1) * local)  # this rank's rows of the global batch
     with StopRequest() as stop:
-        for step in range(s.start, s.total):
+        for step in range(run.start, run.total):
             torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # nothing random depends on the past
-            idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size).to(
-                info.device
-            )
+            idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
+            x, y = images[idx.to(device)], labels[idx.to(device)]
             turns = draw_rotations(cfg.batch_size, cfg.seq.num_observations + 1, mix_seed(cfg.seed, step))
-            turns = turns[info.rank * local : (info.rank + 1) * local]  # drawn for the global batch
-            lr = learning_rate(cfg.optim, step, s.total, s.per_epoch)
+            turns = turns[share].to(device)  # drawn for the global batch
+            lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            w = rate_weight(cfg.rate, step, s.total, s.per_epoch) if VARIANTS[cfg.variant].rate else 0.0
-            timing, began = meter.timing_due(step, s.total, cfg.timing_every), time.perf_counter()
-            metrics = train_step(cfg, parts, images[idx], labels[idx], turns, w)
-            meter.step_done(began, timing, parts.rate_loss, metrics.pop("rate_shape"))
-            due = (step + 1) % cfg.log_every == 0 or step + 1 == s.total
-            values = run.log_step(meter, step, s.per_epoch, {**metrics, "lr": lr}, due)
-            progress.update(
-                cfg.batch_size, {k: values[k] for k in ("loss", "rate", "lr", "tau") if k in values}
-            )
-            epoch_end = (step + 1) % s.per_epoch == 0
-            if epoch_end:
-                record = run.epoch_record(meter, step + 1, s.per_epoch)
+            began = time.perf_counter()
+            views = rotation_views(x, turns, crop=cfg.seq.crop, flip=cfg.seq.flip)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = parts.net(views, rotation_actions(turns, cfg.action_kind))
+                pred_loss = prediction_loss(out.prediction, out.target, cfg.model.loss)
+            z = out.z_agg if cfg.model.rate_on == "agg" else out.encodings.flatten(0, 1)
+            with torch.set_grad_enabled(variant.rate):  # logged for every variant, trained with some
+                terms = parts.rate_loss.forward_components(z.float())
+            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if variant.rate else 0.0
+            loss = pred_loss - w * terms.rate
+            parts.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if cfg.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            parts.optimizer.step()
+            tau = {"tau": model.target_encoder.current_decay()} if model.target_encoder is not None else {}
+            model.update_target()
+            pair = torch.cat((out.encodings[:, 0], out.encodings[:, 1]), dim=1)  # probes: detached inputs
+            rotation = ROTATION_SINCOS.to(device)[turns[:, 1]]
+            metrics = {
+                "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
+                "norm_rate": terms.normalized_rate.detach(), "rate_scale": terms.scale, "rate_weight": w,
+                "probe_class_loss": parts.class_probe.step(out.z_agg[: len(x)], y),
+                "probe_rotation_loss": parts.rotation_probe.step(pair, rotation),
+            }  # fmt: skip
+            run.log_step(step, began, parts.rate_loss, z.shape, {**metrics, "lr": lr})
+            if (step + 1) % run.per_epoch == 0:
+                record = run.epoch_record(step + 1)
                 if info.is_main:  # evaluation on rank 0 only, without collectives
-                    record.update(evaluate_epoch(cfg, parts, s.data, progress, record["epoch"]))
-                run.log_epoch(record, meter, cfg.epochs, progress)
-            stopping = any_rank(stop.signal_name is not None or step + 1 == stop_after, info.device)
-            if epoch_end or stopping or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0):
-                run.save(step + 1, cfg, meter, parts.state())
-            if stopping:
-                return run.stopped(progress, stop.signal_name, step + 1)
-    progress.close()
+                    record.update(evaluate_epoch(cfg, parts, run, record["epoch"]))
+                run.log_epoch(record)
+            if run.save(step + 1, parts.state(), stop, stop_after):
+                return run.stopped(stop.signal_name, step + 1)
+    run.progress.close()
     return None
 
 
-def finish(cfg: TrainConfig, s: Setup) -> None:
-    """The offline evaluation of frozen features (rank 0), then the summary, plots and report."""
-    offline = None
-    if s.info.is_main and cfg.eval.offline:
-        print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        offline = offline_evaluation(cfg, s.parts.model, s.data, s.info.device)
-    finish_run(cfg, s, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(TrainConfig, argv, description=__doc__.splitlines()[0], variants=list(VARIANTS))
+    cfg, args = parse_config(TrainConfig, argv, __doc__.splitlines()[0], list(VARIANTS))
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
-        setup = prepare(cfg, args.resume, args.overwrite)
-        code = train(cfg, setup, args.stop_after)
+        run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
+        info = run.info
+        parts = build(cfg, run.total, run.data.num_classes, info)
+        run.begin(parts.state(), overwrite=args.overwrite)
+        code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            finish(cfg, setup)
+            offline = offline_evaluation(cfg, parts.model, run) if info.is_main and cfg.eval.offline else None
+            run.finish(parts.model, offline, ("z_agg", "encoder"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 
 

@@ -4,10 +4,8 @@ Usage::
 
     python examples/compare_runs.py runs/a runs/b ... [--out runs/comparison] [--keys k1,k2] [--x epoch]
 
-Writes ``<out>/comparison.md`` (also printed) with one row per run and one column per scalar in any
-``summary.json`` (nested values as dotted columns; blank where a run lacks one), and ``<out>/comparison.png``
-with the runs' ``metrics.jsonl`` curves overlaid (``--keys`` picks them; by default the numeric metrics that
-all runs share).
+Writes ``<out>/comparison.md`` (also printed): a row per run, a column per scalar of any ``summary.json``
+(nested values as dotted columns), and ``<out>/comparison.png``: the runs' ``metrics.jsonl`` curves overlaid.
 """
 
 from __future__ import annotations
@@ -42,9 +40,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] | 
         | b | 0.4 |  |
     """
     if keys is None:
-        keys = []
-        for row in rows.values():
-            keys.extend(k for k in row if k not in keys)
+        keys = list(dict.fromkeys(k for row in rows.values() for k in row))
     lines = ["| run | " + " | ".join(keys) + " |", "| --- | " + " | ".join("---" for _ in keys) + " |"]
     for label, row in rows.items():
         lines.append(f"| {_cell(label)} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
@@ -71,27 +67,14 @@ def collect_summaries(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _unknown_plot_keys(
-    curves: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str] | None, x: str | None
-) -> str | None:
-    """Why ``--keys`` / ``--x`` name no logged metric (which would plot empty panels), or ``None``."""
-    logged = numeric_keys([r for records in curves.values() for r in records], frozenset())
-    unknown = [k for k in (keys or []) if k not in logged]
-    if x is not None and x not in logged:
-        unknown.append(f"--x {x}")
-    if not unknown:
-        return None
-    return f"not in any run's metrics.jsonl: {', '.join(unknown)} (available: {', '.join(logged) or 'none'})"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare runs: markdown table of summaries and a plot.")
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with summary.json)")
-    parser.add_argument("--out", type=Path, default=Path("runs/comparison"), help="output folder")
-    parser.add_argument("--keys", default=None, help="comma-separated metrics to plot (default: shared ones)")
-    parser.add_argument("--x", default=None, help="metric on the horizontal axis (default: epoch)")
+    add = parser.add_argument
+    add("runs", nargs="+", type=Path, help="run folders (each with summary.json)")
+    add("--out", type=Path, default=Path("runs/comparison"), help="output folder")
+    add("--keys", help="comma-separated metrics to plot (default: shared ones)")
+    add("--x", help="metric on the horizontal axis (default: epoch)")
     args = parser.parse_args(argv)
-
     missing = [str(p) for p in args.runs if not (p / "summary.json").is_file()]
     if missing:
         parser.error(f"no summary.json in: {', '.join(missing)} (did those runs finish?)")
@@ -103,22 +86,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     curves = {label: read_jsonl(p / "metrics.jsonl") for label, p in zip(summaries, args.runs, strict=True)}
     keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
-    # Checked before anything is written; the default "epoch" may be absent (the record index is used).
-    if any(curves.values()) and (why := _unknown_plot_keys(curves, keys, args.x)):
-        parser.error(why)
+    # --keys / --x must name logged metrics (else empty panels); the default "epoch" may be absent.
+    logged = numeric_keys([r for records in curves.values() for r in records], frozenset())
+    unknown = [k for k in keys or [] if k not in logged]
+    if args.x is not None and args.x not in logged:
+        unknown.append(f"--x {args.x}")
+    if any(curves.values()) and unknown:
+        available = ", ".join(logged) or "none"
+        parser.error(f"not in any run's metrics.jsonl: {', '.join(unknown)} (available: {available})")
     table = markdown_table(summaries)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.md").write_text(table + "\n", encoding="utf-8")
     print(table)
-
+    done = "; no metrics.jsonl to plot"
     if any(curves.values()):
         try:
             plot = plot_comparison(curves, args.out / "comparison.png", keys=keys, x=args.x or "epoch")
-            print(f"\nwrote {args.out / 'comparison.md'} and {plot}", file=sys.stderr)
+            done = f" and {plot}"
         except ValueError as err:
-            print(f"\nwrote {args.out / 'comparison.md'}; no plot: {err}", file=sys.stderr)
-    else:
-        print(f"\nwrote {args.out / 'comparison.md'}; no metrics.jsonl to plot", file=sys.stderr)
+            done = f"; no plot: {err}"
+    print(f"\nwrote {args.out / 'comparison.md'}{done}", file=sys.stderr)
     return 0
 
 

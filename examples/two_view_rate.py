@@ -1,19 +1,10 @@
 """Two-view self-supervised learning on CIFAR-10 (SimSiam / BYOL style) where a coding rate can replace the
 EMA teacher or the stop-gradient.
 
-Two augmented views of each image go through an encoder and a projector (``z``); a predictor maps each
-view's ``z`` to the other's, and the loss is written out in :func:`train_step`::
-
-    loss = (D(p1, t2) + D(p2, t1)) / 2 - w * (R(z1) + R(z2)) / 2     # D: negative cosine; w: rate.weight
-
-================ ======================================================================================
-variant          target ``t`` of the prediction, and what prevents collapse
-================ ======================================================================================
-``simsiam``      ``t = stopgrad(z)`` of the other view (SimSiam's stop-gradient)
-``byol``         ``t`` = an EMA copy of encoder + projector (:class:`jepa_rate.EMATarget`, tau ramp to 1)
-``rate``         ``t = z``, gradients through both branches, and the coding rate of each view's ``z``
-``none``         ``t = z``, nothing else: the control, expected to collapse
-================ ======================================================================================
+Two augmented views go through an encoder and a projector (``z``); a predictor maps each view's ``z`` to
+the other's target ``t``: ``stopgrad(z)`` (``simsiam``), an EMA copy's (``byol``), or ``z`` itself with the
+rate (``rate``) or without it (``none``: the control). The loss, in :func:`train`:
+``(D(p1, t2) + D(p2, t1)) / 2 - w * (R(z1) + R(z2)) / 2``. See docs/two_view.md.
 
 Usage::
 
@@ -26,7 +17,6 @@ Presets live in ``examples/configs/two_view``; outputs go to ``runs/two_view-<pr
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,10 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from common.augment import AugmentConfig, augment
-from common.checkpoint import restore
-from common.config import CONFIG_DIR, RunConfig, check_min, check_range, parse_config
-from common.data import CifarData, batch_indices, mix_seed, normalize
-from common.dist import DistInfo, any_rank, wrap
+from common.config import EncoderConfig, RunConfig, check_min, parse_config
+from common.data import batch_indices, mix_seed, normalize
+from common.dist import DistInfo, wrap
 from common.evaluation import (
     OnlineProbe,
     accuracy,
@@ -48,10 +37,9 @@ from common.evaluation import (
     collapse_diagnostics,
     collect_features,
 )
-from common.optim import build_optimizer, ema_schedule, learning_rate, rate_weight
-from common.report import Progress
-from common.run import Meter, Setup, StopRequest, finish_run, guarded, open_run
-from jepa_rate import CodingRateLoss, ConvEncoder, EMATarget, cifar_resnet18, prediction_loss
+from common.optim import build_optimizer, learning_rate, rate_weight
+from common.run import Run, StopRequest, guarded, open_run
+from jepa_rate import CodingRateLoss, EMATarget, prediction_loss
 
 VARIANTS = ("simsiam", "byol", "rate", "none")
 STEP_PLOTS = ("loss", "pred_loss", "rate", "norm_rate", "lr", "tau", "probe_class_loss")
@@ -62,26 +50,18 @@ EPOCH_PLOTS = (
 
 
 @dataclass(frozen=True)
-class NetConfig:
-    """Encoder (``conv``: :class:`jepa_rate.ConvEncoder` with ``conv_widths``, or ``resnet18``), projector
-    ``D -> proj_hidden -> proj_dim`` and predictor ``proj_dim -> pred_hidden -> proj_dim`` (MLPs with
-    BatchNorm), and the EMA decay ramp of ``byol`` (``ema_tau_end: null`` keeps it constant)."""
+class NetConfig(EncoderConfig):
+    """The encoder (:class:`common.config.EncoderConfig`, its EMA copy for ``byol``), the projector
+    ``D -> proj_hidden -> proj_dim`` and the predictor ``proj_dim -> pred_hidden -> proj_dim``."""
 
-    encoder: Literal["conv", "resnet18"] = "conv"
-    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
+    ema_tau: float = 0.99
     proj_dim: int = 128
     proj_hidden: int = 256
     pred_hidden: int = 64
-    ema_tau: float = 0.99
-    ema_tau_end: float | None = 1.0
 
     def __post_init__(self) -> None:
-        if not self.conv_widths or min(self.conv_widths) < 1:
-            raise ValueError(
-                f"model.conv_widths must be one or more channel counts >= 1, got {list(self.conv_widths)}"
-            )
+        super().__post_init__()
         check_min(self, "model.", 1, "proj_dim proj_hidden pred_hidden")
-        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
 
 
 @dataclass(frozen=True)
@@ -92,17 +72,11 @@ class TwoViewConfig(RunConfig):
 
 
 # ------------------------------------------------------------------------------------------------ model
-def mlp(sizes: tuple[int, ...], *, last_norm: bool) -> nn.Sequential:
-    """``Linear -> BN -> ReLU`` blocks, then a last ``Linear`` (followed by BN if ``last_norm``)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        last = i == len(sizes) - 2
-        layers.append(nn.Linear(a, b, bias=last and not last_norm))
-        if not last:
-            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-        elif last_norm:
-            layers.append(nn.BatchNorm1d(b, affine=False))
-    return nn.Sequential(*layers)
+def mlp(d_in: int, hidden: int, d_out: int, *, last_norm: bool) -> nn.Sequential:
+    """``Linear -> BN -> ReLU -> Linear``, then a BN without affine parameters if ``last_norm``."""
+    norm = [nn.BatchNorm1d(d_out, affine=False)] if last_norm else []
+    layers = [nn.Linear(d_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.Linear(hidden, d_out, bias=not last_norm), *norm)
 
 
 class TwoViewOutput(NamedTuple):
@@ -122,24 +96,20 @@ class TwoViewNet(nn.Module):
         super().__init__()
         m = cfg.model
         self.variant = cfg.variant
-        self.encoder = cifar_resnet18() if m.encoder == "resnet18" else ConvEncoder(widths=m.conv_widths)
-        self.feature_dim = 512 if m.encoder == "resnet18" else m.conv_widths[-1]
-        self.projector = mlp((self.feature_dim, m.proj_hidden, m.proj_dim), last_norm=True)
-        self.predictor = mlp((m.proj_dim, m.pred_hidden, m.proj_dim), last_norm=False)
+        self.encoder = m.build_encoder()
+        self.projector = mlp(m.feature_dim, m.proj_hidden, m.proj_dim, last_norm=True)
+        self.predictor = mlp(m.proj_dim, m.pred_hidden, m.proj_dim, last_norm=False)
         self.target: EMATarget | None = None
         if cfg.variant == "byol":
-            tau = ema_schedule(m.ema_tau, m.ema_tau_end, total_steps)
-            self.target = EMATarget(nn.Sequential(self.encoder, self.projector), tau)
+            self.target = EMATarget(nn.Sequential(self.encoder, self.projector), m.ema_decay(total_steps))
 
     def forward(self, views: Tensor) -> TwoViewOutput:
         """``views`` ``(2, B, C, H, W)``, in one pass (BatchNorm sees both views, as in SimSiam)."""
         both = views.flatten(0, 1)
         features = self.encoder(both)
         z = self.projector(features)
-        if self.target is not None:
-            t = self.target(both).detach()
-        else:
-            t = z.detach() if self.variant == "simsiam" else z
+        t = self.target(both).detach() if self.target is not None else z
+        t = t.detach() if self.variant == "simsiam" else t  # rate and none: gradients through both branches
         return TwoViewOutput(features, z, self.predictor(z), t)
 
 
@@ -156,43 +126,10 @@ class Parts(NamedTuple):
 
 def build(cfg: TwoViewConfig, total_steps: int, num_classes: int, info: DistInfo) -> Parts:
     model = TwoViewNet(cfg, total_steps).to(info.device)
-    head = nn.Linear(model.feature_dim, num_classes).to(info.device)
-    return Parts(
-        model,
-        wrap(model, info, cfg.compile),
-        build_optimizer(model, cfg.optim),
-        cfg.rate.loss(info.distributed),
-        OnlineProbe(head, lr=cfg.probe.lr, weight_decay=cfg.probe.weight_decay),
-    )
-
-
-# ------------------------------------------------------------------------------------------- train step
-def train_step(cfg: TwoViewConfig, parts: Parts, images: Tensor, labels: Tensor, w: float) -> dict[str, Any]:
-    """One optimization step on a batch of uint8 ``images``; returns its metrics."""
-    x = images.float().div_(255)
-    views = torch.stack([normalize(augment(x, cfg.augment)) for _ in range(2)])
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        out = parts.net(views)
-        (p1, p2), (t1, t2) = out.p.chunk(2), out.t.chunk(2)
-        pred_loss = 0.5 * (prediction_loss(p1, t2) + prediction_loss(p2, t1))
-    z = torch.stack(out.z.float().chunk(2))  # (2, B, d): the rate of each view, in one batched call
-    with torch.set_grad_enabled(cfg.variant == "rate"):  # logged for every variant
-        terms = parts.rate_loss.forward_components(z)
-    loss = pred_loss - w * terms.rate
-    parts.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # type: ignore[no-untyped-call]
-    if cfg.optim.grad_clip is not None:
-        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip)
-    parts.optimizer.step()
-    target = parts.model.target
-    tau = {"tau": target.current_decay()} if target is not None else {}
-    if target is not None:
-        target.update()
-    return {
-        "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
-        "norm_rate": terms.normalized_rate.detach(), "rate_weight": w, "rate_shape": tuple(z.shape),
-        "probe_class_loss": parts.probe.step(out.features[: len(images)], labels),
-    }  # fmt: skip
+    head = nn.Linear(cfg.model.feature_dim, num_classes).to(info.device)
+    probe = OnlineProbe(head, lr=cfg.probe.lr, weight_decay=cfg.probe.weight_decay)
+    return Parts(model, wrap(model, info, cfg.compile), build_optimizer(model, cfg.optim),
+                 cfg.rate.loss(info.distributed), probe)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -208,101 +145,82 @@ def encode(cfg: TwoViewConfig, model: TwoViewNet, images: Tensor) -> dict[str, T
     return collect_features(model, batch, len(images), cfg.eval.batch_size)
 
 
-def evaluate_epoch(
-    cfg: TwoViewConfig, parts: Parts, data: CifarData, progress: Progress, epoch: int
-) -> dict[str, Any]:
-    device = parts.probe.head.weight.device  # type: ignore[union-attr]
-    f = encode(cfg, parts.model, data.test.images.to(device))
-    record: dict[str, Any] = {
-        "online.linear_acc": accuracy(parts.probe.predict(f["encoder"].to(device)), data.test.labels)
-    }
-    return {**record, **collapse_diagnostics(f, progress.write, epoch)}
+def evaluate_epoch(cfg: TwoViewConfig, parts: Parts, run: Run, epoch: int) -> dict[str, Any]:
+    """The online probe and collapse diagnostics on the evaluation split (rank 0, no collectives)."""
+    device, test = run.info.device, run.data.test
+    f = encode(cfg, parts.model, test.images.to(device))
+    record = {"online.linear_acc": accuracy(parts.probe.predict(f["encoder"].to(device)), test.labels)}
+    return {**record, **collapse_diagnostics(f, run.progress.write, epoch)}
+
+
+def offline_evaluation(cfg: TwoViewConfig, model: TwoViewNet, run: Run) -> dict[str, Any]:
+    """Linear probe and k-NN on frozen encoder features."""
+    print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
+    device, data = run.info.device, run.data
+    train, test = (encode(cfg, model, s.images.to(device))["encoder"] for s in (data.train, data.test))
+    return {"encoder": classification_metrics(train, test, data, cfg.eval, device)}
 
 
 # ---------------------------------------------------------------------------------------- the training run
-def prepare(cfg: TwoViewConfig, resume: Path | None, overwrite: bool) -> Setup:
-    info, data, run, checkpoint = open_run(cfg, resume=resume, overwrite=overwrite)
-    per_epoch = len(data.train) // cfg.batch_size
-    parts, meter = build(cfg, cfg.epochs * per_epoch, data.num_classes, info), Meter(info.device)
-    if checkpoint is not None:
-        restore(run.checkpoint, checkpoint["state"], {**parts.state(), "meter": meter})
-    start = int(checkpoint["step"]) if checkpoint is not None else 0
-    run.begin(cfg, start, overwrite=overwrite)
-    return Setup(info, data, run, parts, meter, start, cfg.epochs * per_epoch, per_epoch)
-
-
-def train(cfg: TwoViewConfig, s: Setup, stop_after: int | None) -> int | None:
+def train(cfg: TwoViewConfig, run: Run, parts: Parts, stop_after: int | None) -> int | None:
     """The training loop; returns an exit code when it stops early, ``None`` when it completes."""
-    run, parts, meter, device = s.run, s.parts, s.meter, s.info.device
-    images, labels = s.data.train.images.to(device), s.data.train.labels.to(device)
-    progress = Progress(s.total, s.start, cfg.log_every, enabled=s.info.is_main)
-    progress.write(
-        f"run {run.path}: {s.data.description} | {cfg.variant} | {s.total} steps of {cfg.batch_size}"
-    )
+    info, device, model = run.info, run.info.device, parts.model
+    images, labels = run.data.train.images.to(device), run.data.train.labels.to(device)
     with StopRequest() as stop:
-        for step in range(s.start, s.total):
-            torch.manual_seed(mix_seed(cfg.seed, step, 1 + s.info.rank))  # the augmentations of this step
-            idx = batch_indices(
-                len(images), cfg.batch_size, cfg.seed, step, s.info.rank, s.info.world_size
-            ).to(device)
+        for step in range(run.start, run.total):
+            torch.manual_seed(mix_seed(cfg.seed, step, 1 + info.rank))  # the augmentations of this step
+            idx = batch_indices(len(images), cfg.batch_size, cfg.seed, step, info.rank, info.world_size)
+            x, y = images[idx.to(device)].float().div_(255), labels[idx.to(device)]
+            lr = learning_rate(cfg.optim, step, run.total, run.per_epoch)
             for group in parts.optimizer.param_groups:
-                group["lr"] = lr = learning_rate(cfg.optim, step, s.total, s.per_epoch)
-            w = rate_weight(cfg.rate, step, s.total, s.per_epoch) if cfg.variant == "rate" else 0.0
-            timing, began = meter.timing_due(step, s.total, cfg.timing_every), time.perf_counter()
-            metrics = train_step(cfg, parts, images[idx], labels[idx], w)
-            meter.step_done(began, timing, parts.rate_loss, metrics.pop("rate_shape"))
-            last_of_log, last_of_epoch = (
-                (step + 1) % cfg.log_every == 0 or step + 1 == s.total,
-                (step + 1) % s.per_epoch == 0,
-            )
-            shown = run.log_step(meter, step, s.per_epoch, {**metrics, "lr": lr}, last_of_log)
-            progress.update(
-                cfg.batch_size, {k: v for k, v in shown.items() if k in ("loss", "rate", "lr", "tau")}
-            )
-            if last_of_epoch:
-                record = run.epoch_record(meter, step + 1, s.per_epoch)
-                record.update(
-                    evaluate_epoch(cfg, parts, s.data, progress, record["epoch"]) if s.info.is_main else {}
-                )
-                run.log_epoch(record, meter, cfg.epochs, progress)
-            stopping = any_rank(stop.signal_name is not None or step + 1 == stop_after, device)
-            if last_of_epoch or stopping or (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0):
-                run.save(step + 1, cfg, meter, parts.state())
-            if stopping:
-                return run.stopped(progress, stop.signal_name, step + 1)
-    progress.close()
+                group["lr"] = lr
+            began = time.perf_counter()
+            views = torch.stack([normalize(augment(x, cfg.augment)) for _ in range(2)])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = parts.net(views)
+                (p1, p2), (t1, t2) = out.p.chunk(2), out.t.chunk(2)
+                pred_loss = 0.5 * (prediction_loss(p1, t2) + prediction_loss(p2, t1))
+            z = torch.stack(out.z.float().chunk(2))  # (2, B, d): the rate of each view, in one batched call
+            with torch.set_grad_enabled(cfg.variant == "rate"):  # logged for every variant
+                terms = parts.rate_loss.forward_components(z)
+            w = rate_weight(cfg.rate, step, run.total, run.per_epoch) if cfg.variant == "rate" else 0.0
+            loss = pred_loss - w * terms.rate
+            parts.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if cfg.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            parts.optimizer.step()
+            tau = {"tau": model.target.current_decay()} if model.target is not None else {}
+            if model.target is not None:
+                model.target.update()
+            metrics = {
+                "loss": loss.detach(), "pred_loss": pred_loss.detach(), **tau, "rate": terms.rate.detach(),
+                "norm_rate": terms.normalized_rate.detach(), "rate_weight": w,
+                "probe_class_loss": parts.probe.step(out.features[: len(x)], y),
+            }  # fmt: skip
+            run.log_step(step, began, parts.rate_loss, z.shape, {**metrics, "lr": lr})
+            if (step + 1) % run.per_epoch == 0:
+                record = run.epoch_record(step + 1)
+                if info.is_main:  # evaluation on rank 0 only, without collectives
+                    record.update(evaluate_epoch(cfg, parts, run, record["epoch"]))
+                run.log_epoch(record)
+            if run.save(step + 1, parts.state(), stop, stop_after):
+                return run.stopped(stop.signal_name, step + 1)
+    run.progress.close()
     return None
 
 
-def finish(cfg: TwoViewConfig, s: Setup) -> None:
-    """Linear probe and k-NN on frozen encoder features (rank 0), then the summary, plots and report."""
-    offline, model, data, device = None, s.parts.model, s.data, s.info.device
-    if s.info.is_main and cfg.eval.offline:
-        print("offline evaluation on frozen features ...", file=sys.stderr, flush=True)
-        train, test = (
-            encode(cfg, model, split.images.to(device))["encoder"] for split in (data.train, data.test)
-        )
-        metrics = classification_metrics(
-            train, data.train.labels, test, data.test.labels, data.num_classes, cfg.eval, device
-        )
-        offline = {"encoder": metrics}
-    finish_run(cfg, s, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
-
-
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_config(
-        TwoViewConfig,
-        argv,
-        description=__doc__.splitlines()[0],
-        variants=list(VARIANTS),
-        config_dir=CONFIG_DIR / "two_view",
-        name_prefix="two_view-",
-    )
+    cfg, args = parse_config(TwoViewConfig, argv, __doc__.splitlines()[0], list(VARIANTS), "two_view")
     with guarded(args.resume or Path(cfg.out_dir) / str(cfg.name)):
-        setup = prepare(cfg, args.resume, args.overwrite)
-        code = train(cfg, setup, args.stop_after)
+        run = open_run(cfg, resume=args.resume, overwrite=args.overwrite)
+        info = run.info
+        parts = build(cfg, run.total, run.data.num_classes, info)
+        run.begin(parts.state(), overwrite=args.overwrite)
+        code = train(cfg, run, parts, args.stop_after)
         if code is None:
-            finish(cfg, setup)
+            offline = offline_evaluation(cfg, parts.model, run) if info.is_main and cfg.eval.offline else None
+            run.finish(parts.model, offline, ("encoder", "projection"), STEP_PLOTS, EPOCH_PLOTS)
     return code or 0
 
 

@@ -1,11 +1,4 @@
-"""Batched, on-device SimCLR-style augmentations of the two-view example (no per-image Python or PIL).
-
-:func:`augment` draws for every image a random resized crop (area fraction in ``[crop_min_scale, 1]``,
-aspect ratio in ``[3/4, 4/3]``) with an optional flip, as one affine ``grid_sample``; then, with probability
-``jitter_prob``, brightness, contrast and saturation factors in ``[1 - jitter, 1 + jitter]``; then grayscale
-with probability ``grayscale_prob``. It draws from the device's global RNG (reseeded every step) or a
-``generator``.
-"""
+"""Batched, on-device SimCLR-style augmentations of the two-view example (no per-image Python or PIL)."""
 
 from __future__ import annotations
 
@@ -24,7 +17,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation strengths (see the module docstring); ``crop_min_scale=1``, ``jitter=0`` turn one off."""
+    """Augmentation strengths (see :func:`augment`); ``crop_min_scale=1``, ``jitter=0`` turn one off."""
 
     crop_min_scale: float = 0.2
     flip: bool = True
@@ -87,7 +80,11 @@ def _jitter(images: Tensor, cfg: AugmentConfig, generator: torch.Generator | Non
 
 
 def augment(images: Tensor, cfg: AugmentConfig, *, generator: torch.Generator | None = None) -> Tensor:
-    """One random view of each of ``images``, floats ``(N, 3, H, W)`` in ``[0, 1]`` (the module docstring).
+    """One random view of each of ``images``, floats ``(N, 3, H, W)`` in ``[0, 1]``: a random resized crop
+    (area fraction in ``[crop_min_scale, 1]``, aspect ratio in ``[3/4, 4/3]``) with an optional flip, then
+    with probability ``jitter_prob`` brightness, contrast and saturation factors in ``[1 - jitter,
+    1 + jitter]``, then grayscale with probability ``grayscale_prob``. It draws from the device's global RNG
+    or ``generator``.
 
     Examples:
         >>> x = torch.rand(8, 3, 32, 32)

@@ -1,9 +1,4 @@
-"""Checkpoints: atomic writes, ``weights_only`` loads, and checks that name the file and what is wrong.
-
-A file is written to ``.<name>.<pid>.tmp`` beside its destination (fsynced, for a checkpoint), then moved
-over it with ``os.replace``: a crash leaves the old file whole, and the temporary a kill may leave is removed
-when the run starts or resumes. A checkpoint holds state dicts, numbers, strings and containers only.
-"""
+"""Checkpoints: atomic writes, ``weights_only`` loads, and checks that name the file and what is wrong."""
 
 from __future__ import annotations
 
@@ -13,7 +8,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -25,15 +20,9 @@ class ResumeError(ValueError):
     """A checkpoint that cannot be resumed from; the message is one line naming the file."""
 
 
-class Stateful(Protocol):
-    def state_dict(self) -> Any: ...
-
-    def load_state_dict(self, state: Any, /) -> Any: ...
-
-
 def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and ``os.replace`` (see the module); ``durable``
-    fsyncs it first, so that it also survives a power loss.
+    """Writes ``data`` to ``path`` through a temporary file and ``os.replace``: a crash leaves the old file
+    whole. ``durable`` fsyncs it first, so that it also survives a power loss.
 
     Examples:
         >>> import tempfile
@@ -55,14 +44,6 @@ def atomic_write(path: Path, data: bytes, durable: bool = False) -> None:
         raise
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Deletes the temporaries that a killed :func:`atomic_write` left in ``folder``; returns them."""
-    stale = [p for p in folder.glob(".*.tmp") if p.is_file()]
-    for path in stale:
-        path.unlink()
-    return stale
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -70,37 +51,26 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Loads and checks a checkpoint of these trainers.
-
-    Raises:
-        ResumeError: The file is missing, empty, unreadable, or lacks an entry of :data:`REQUIRED`.
-    """
+    """Loads and checks a checkpoint of these trainers (``ResumeError`` naming what is wrong)."""
     if not path.is_file():
         raise ResumeError(f"cannot resume '{path.parent}': it has no checkpoint {path.name}")
+    cannot = f"cannot resume from {path}:"
     if path.stat().st_size == 0:
-        raise ResumeError(f"cannot resume from {path}: the file is empty (a write that never finished?)")
+        raise ResumeError(f"{cannot} the file is empty (a write that never finished?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as err:
         why = " ".join(str(err).split()) or type(err).__name__
-        raise ResumeError(f"cannot resume from {path}: it cannot be loaded ({why[:300]})") from None
+        raise ResumeError(f"{cannot} it cannot be loaded ({why[:300]})") from None
     if not isinstance(state, dict):
-        raise ResumeError(
-            f"cannot resume from {path}: it holds a {type(state).__name__}, not a checkpoint dict"
-        )
+        raise ResumeError(f"{cannot} it holds a {type(state).__name__}, not a checkpoint dict")
     if missing := [k for k in REQUIRED if k not in state]:
-        raise ResumeError(
-            f"cannot resume from {path}: not a checkpoint of this trainer (no '{missing[0]}' entry)"
-        )
+        raise ResumeError(f"{cannot} not a checkpoint of this trainer (no '{missing[0]}' entry)")
     return state
 
 
-def restore(path: Path, saved: Mapping[str, Any], objects: Mapping[str, Stateful]) -> None:
-    """Loads ``saved[name]`` into each of ``objects`` (model, optimizer, probes, meter).
-
-    Raises:
-        ResumeError: An entry is missing or does not fit (another architecture or size), naming it.
-    """
+def restore(path: Path, saved: Mapping[str, Any], objects: Mapping[str, Any]) -> None:
+    """Loads ``saved[name]`` into each of ``objects``; ``ResumeError`` names an entry that is not fit."""
     for name, obj in objects.items():
         if name not in saved:
             raise ResumeError(f"cannot resume from {path}: it has no state for '{name}'")

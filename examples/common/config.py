@@ -1,10 +1,5 @@
-"""Typed configs with OmegaConf: a dataclass schema, YAML presets and dotted ``--set`` overrides.
-
-A trainer's config is a frozen dataclass tree (:class:`RunConfig` plus the method's groups). The value is
-built as ``schema defaults <- preset YAML <- --set key=value ...`` by :func:`omegaconf.OmegaConf.merge`,
-which checks every key and type; :meth:`RunConfig.__post_init__` checks the ranges. Every failure is one
-line naming the key. Relative data paths in a preset are taken from the repository root, those given with
-``--set`` from the working directory; both are recorded as absolute paths.
+"""Typed configs: frozen dataclasses merged by OmegaConf as ``defaults <- preset YAML <- --set key=value``;
+OmegaConf checks keys and types, ``__post_init__`` the ranges, and every failure is one line naming the key.
 """
 
 from __future__ import annotations
@@ -14,15 +9,16 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch import nn
 
-from jepa_rate import CodingRateLoss
+from jepa_rate import CodingRateLoss, ConvEncoder, CosineSchedule, cifar_resnet18
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 REPO_ROOT = CONFIG_DIR.parents[1]
@@ -47,20 +43,17 @@ def check_min(cfg: Any, prefix: str, minimum: float, names: str, reason: str = "
 
 def check_range(cfg: Any, prefix: str, low: float, high: float, names: str, open_high: bool = False) -> None:
     """Raises ``ValueError`` naming the first of ``names`` outside ``[low, high]`` (``[low, high)``)."""
+    close = ")" if open_high else "]"
     for name in names.split():
         v = getattr(cfg, name)
         if v is not None and not (math.isfinite(v) and low <= v and (v < high if open_high else v <= high)):
-            raise ValueError(
-                f"{prefix}{name} must lie in [{low}, {high}{')' if open_high else ']'}, got {v!r}"
-            )
+            raise ValueError(f"{prefix}{name} must lie in [{low}, {high}{close}, got {v!r}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from (see :func:`common.data.load_cifar10`): ``train_npz``, else the torchvision
-    root ``data_dir``, else the embedded subset; the evaluation split is ``test_npz``, the official test split
-    of ``data_dir``, or a seeded class-balanced ``holdout`` of the training images (default 10%).
-    ``train_size`` / ``test_size`` draw class-balanced subsets; ``split_seed`` seeds those draws."""
+    """Where the images come from (see :func:`common.data.load_cifar10`); relative paths of a preset are
+    taken from the repository root, those of ``--set`` from the working directory."""
 
     train_npz: str | None = None
     test_npz: str | None = None
@@ -77,9 +70,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The evaluation of frozen features after training (``offline``): linear probe (L-BFGS, its L2 penalty
-    chosen among ``linear_weight_decays`` on a validation part of the training features), k-NN, and an MLP
-    regressor for the rotation R². ``seed`` fixes the evaluation views and every draw of the evaluation."""
+    """The evaluation of frozen features after training (``offline``): linear probe, k-NN and the MLP
+    regressor of the rotation R²; ``seed`` fixes the evaluation views and every draw."""
 
     offline: bool = True
     batch_size: int = 500
@@ -95,17 +87,13 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_min(self, "eval.", 1, "batch_size knn_k linear_max_iter regressor_hidden regressor_steps")
         check_min(self, "eval.", 2, "regressor_max_train")
-        if not self.linear_weight_decays or min(self.linear_weight_decays) < 0:
-            raise ValueError(
-                f"eval.linear_weight_decays must be non-empty and >= 0, got {self.linear_weight_decays}"
-            )
+        if not (decays := self.linear_weight_decays) or min(decays) < 0:
+            raise ValueError(f"eval.linear_weight_decays must be non-empty and >= 0, got {decays}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The optimizer and its learning rate: linear warmup, then a half-cosine to ``min_lr``, evaluated at
-    every step (``schedule_unit=step``) or held for each epoch (``epoch``). ``adam`` applies the weight decay
-    as an L2 term, ``adamw`` decoupled; norms, biases and learned tokens are never decayed."""
+    """The optimizer and its learning rate (see :func:`common.optim.learning_rate`)."""
 
     name: Literal["adamw", "adam"] = "adamw"
     lr: float = 1e-3
@@ -125,9 +113,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RateConfig:
-    """The coding-rate term ``- weight * R(z)`` of the loss: its weight (``constant``; ``warmup``: linear from
-    0 over ``warmup_epochs``; ``warmup_cosine``: then a half-cosine to ``final_weight``) and the settings of
-    :class:`jepa_rate.CodingRateLoss` (exactly one of ``eps`` and ``alpha``)."""
+    """The coding-rate term ``- weight * R(z)`` of the loss: its weight through ``schedule`` (see
+    :func:`common.optim.rate_weight`) and the settings of :class:`jepa_rate.CodingRateLoss`."""
 
     weight: float = 0.06
     schedule: Literal["constant", "warmup", "warmup_cosine"] = "constant"
@@ -172,12 +159,42 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Settings every trainer shares; a trainer subclasses it with ``variant`` and its model's groups.
+class EncoderConfig:
+    """The ``model`` keys both trainers share: the encoder (:class:`jepa_rate.ConvEncoder`, with or without
+    BatchNorm, or the CIFAR ResNet-18) and a teacher's EMA decay, ramped from ``ema_tau`` to ``ema_tau_end``
+    (``null``: fixed)."""
 
-    ``batch_size`` is global (over DDP ranks); ``bf16`` autocasts the model (the coding rate stays float32);
-    ``ckpt_every`` adds checkpoints between epoch ends; ``timing_every`` times the rate's share of a step.
-    """
+    encoder: Literal["conv", "resnet18"] = "conv"
+    conv_widths: tuple[int, ...] = (16, 32, 64, 128)
+    encoder_norm: Literal["batch", "none"] = "batch"  # none: the collapse control of the results
+    ema_tau: float = 0.996
+    ema_tau_end: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if not (widths := self.conv_widths) or min(widths) < 1:
+            raise ValueError(f"model.conv_widths must be one or more channel counts >= 1, got {list(widths)}")
+        check_range(self, "model.", 0.0, 1.0, "ema_tau ema_tau_end")
+        if self.encoder == "resnet18" and self.encoder_norm != "batch":
+            raise ValueError("model.encoder_norm=none is a setting of the conv encoder, not of resnet18")
+
+    @property
+    def feature_dim(self) -> int:
+        return 512 if self.encoder == "resnet18" else self.conv_widths[-1]
+
+    def build_encoder(self) -> nn.Module:
+        if self.encoder == "resnet18":
+            return cifar_resnet18()
+        return ConvEncoder(widths=self.conv_widths, norm=self.encoder_norm)
+
+    def ema_decay(self, total_steps: int) -> float | CosineSchedule:
+        end = self.ema_tau_end
+        return self.ema_tau if end is None else CosineSchedule(total_steps, start=self.ema_tau, end=end)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings every trainer shares (``batch_size`` is global over DDP ranks); a trainer subclasses it with
+    ``variant`` and its model's groups."""
 
     name: str | None = None
     out_dir: str = "runs"
@@ -204,10 +221,7 @@ class RunConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        bad_name = self.name is not None and (
-            self.name.strip() in ("", ".", "..") or set("/\\\0") & set(self.name)
-        )
-        if bad_name:
+        if self.name is not None and (self.name.strip() in ("", ".", "..") or set("/\\\0") & set(self.name)):
             raise ValueError(
                 f"name must be a single folder name (no path separator, not '.' or '..'), got {self.name!r}"
             )
@@ -232,12 +246,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
-def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.001, ...}`` of a config dataclass or a nested dict."""
-    items = cfg.items() if isinstance(cfg, dict) else ((f.name, getattr(cfg, f.name)) for f in fields(cfg))
+def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.001, ...}`` of a nested dict."""
     out: dict[str, Any] = {}
-    for key, value in items:
-        nested = isinstance(value, dict) or is_dataclass(value)
+    for key, value in tree.items():
+        nested = isinstance(value, dict)
         out.update(flat_keys(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
     return out
 
@@ -246,7 +259,7 @@ def _one_line(err: Exception, where: str, schema: Any) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = (getattr(err, "msg", None) or str(err)).splitlines()[0].strip()
     if msg.startswith("Key '") and "not in" in msg:
-        known = list(flat_keys(schema))
+        known = list(flat_keys(to_dict(schema)))
         guess = difflib.get_close_matches(key, known, n=1, cutoff=0.5) or [
             k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
         ]
@@ -260,17 +273,6 @@ def _absolute_paths(conf: DictConfig, base: Path) -> None:
         value = OmegaConf.select(conf, key, default=None)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             OmegaConf.update(conf, key, os.path.abspath(base / value))
-
-
-def _load_yaml(path: Path) -> DictConfig:
-    try:
-        conf = OmegaConf.load(path)
-    except yaml.MarkedYAMLError as err:  # duplicate keys included: "found duplicate key K"
-        line = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
-        raise ConfigError(f"{path}: {err.problem}{line}") from None
-    if not isinstance(conf, DictConfig):
-        raise ConfigError(f"{path}: a preset must be a mapping of keys to values")
-    return conf
 
 
 def preset_path(preset: str, config_dir: Path = CONFIG_DIR) -> Path:
@@ -289,59 +291,52 @@ def preset_path(preset: str, config_dir: Path = CONFIG_DIR) -> Path:
 def load_config(cls: type[C], source: Path | None, overrides: list[str], saved: bool = False) -> C:
     """``cls()`` <- the YAML file ``source`` <- ``overrides`` (``key=value``), checked; ``saved``: ``source``
     is a run's ``config.yaml`` (paths kept as recorded). Raises :class:`ConfigError`."""
-    schema = OmegaConf.structured(cls)
-    layers: list[tuple[DictConfig, str]] = []
-    if source is not None:
-        preset = _load_yaml(source)
-        if not saved:
-            _absolute_paths(preset, REPO_ROOT)
-        layers.append((preset, str(source)))
     if bad := [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]:
         raise ConfigError(f"--set {bad[0]!r} must look like key=value")
+    where = str(source)
     try:
+        conf = OmegaConf.structured(cls)
+        if source is not None:
+            preset = OmegaConf.load(source)
+            if not isinstance(preset, DictConfig):
+                raise ConfigError(f"{source}: a preset must be a mapping of keys to values")
+            if not saved:
+                _absolute_paths(preset, REPO_ROOT)
+            conf = OmegaConf.merge(conf, preset)
+        where = "--set"
         dotlist = OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as err:
-        raise _one_line(err, "--set", cls()) from None
-    _absolute_paths(dotlist, Path.cwd())
-    layers.append((dotlist, "--set"))
-    conf = schema
-    for layer, where in layers:
-        try:
-            conf = OmegaConf.merge(conf, layer)
-        except OmegaConfBaseException as err:
-            raise _one_line(err, where, cls()) from None
-    try:
-        cfg: C = OmegaConf.to_object(conf)  # type: ignore[assignment]
+        _absolute_paths(dotlist, Path.cwd())
+        cfg: C = OmegaConf.to_object(OmegaConf.merge(conf, dotlist))  # type: ignore[assignment]
         cfg.validate()
+    except OmegaConfBaseException as err:
+        raise _one_line(err, where, cls()) from None
+    except yaml.MarkedYAMLError as err:  # duplicate keys included: "found duplicate key K"
+        line = f" (line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        raise ConfigError(f"{where}: {err.problem}{line}") from None
     except (ValueError, TypeError) as err:  # __post_init__ and validate() name the key themselves
         raise ConfigError(str(err)) from None
     return cfg
 
 
 def parse_config(
-    cls: type[C],
-    argv: list[str] | None,
-    *,
-    description: str,
-    variants: list[str],
-    config_dir: Path = CONFIG_DIR,
-    name_prefix: str = "",
+    cls: type[C], argv: list[str] | None, description: str, variants: list[str], group: str = ""
 ) -> tuple[C, argparse.Namespace]:
-    """Parses the command line every trainer shares and builds its config; a bad flag, preset, key or value
-    exits with a one-line usage error (code 2)."""
+    """Parses the command line every trainer shares and builds its config, from the presets in
+    ``configs/<group>``; a bad flag, preset, key or value exits with a one-line usage error (code 2)."""
+    config_dir, name_prefix = CONFIG_DIR / group, f"{group}-" if group else ""
     presets = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml")))
     parser = argparse.ArgumentParser(description=description)
     add = parser.add_argument
     add("--config", "--preset", default="demo", metavar="PRESET", help=f"{presets}, or a YAML file")
-    add(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="e.g. optim.lr=3e-4"
-    )
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="optim.lr=3e-4")
     add("--variant", choices=variants, help="shorthand for --set variant=...")
     add("--name", help="run folder name under out_dir (default: <preset>-<variant>)")
     add("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    add("--stop-after", type=_positive_int, metavar="STEPS", help="save and stop after STEPS global steps")
+    add("--stop-after", type=int, metavar="STEPS", help="save and stop after STEPS global steps")
     add("--overwrite", action="store_true", help="replace an existing run folder")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"argument --stop-after: must be >= 1, got {args.stop_after}")
     overrides = [*([f"variant={args.variant}"] if args.variant else []), *args.overrides]
     try:
         if args.resume is not None:
@@ -358,9 +353,3 @@ def parse_config(
     if cfg.name is None:
         cfg = replace(cfg, name=f"{name_prefix}{Path(args.config).stem}-{getattr(cfg, 'variant', 'run')}")
     return cfg, args
-
-
-def _positive_int(text: str) -> int:
-    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return int(text)

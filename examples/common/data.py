@@ -1,10 +1,6 @@
-"""CIFAR-10 in memory, and the seeded draws that make a run exactly reproducible.
-
-Images stay ``uint8`` ``(N, C, H, W)``; batches go to the device as ``uint8`` and are normalized there.
-The source is ``data.train_npz`` (arrays ``x`` uint8 ``(N, H, W, 3)``, ``y`` int ``(N,)``, optional
-``classes``), else a torchvision ``CIFAR10`` root ``data.data_dir``, else the embedded class-balanced subset
-``examples/data/cifar10_subset.npz``. Without a test split a seeded, class-balanced hold-out is used.
-Every failure is one :class:`DataFormatError` / :class:`DataNotFoundError` line naming the file.
+"""CIFAR-10 in memory as uint8 ``(N, C, H, W)`` (normalized on the device), and the seeded draws that make
+a run exactly reproducible. :func:`load_cifar10` says where the images come from; every failure is one
+:class:`DataFormatError` / :class:`DataNotFoundError` line naming the file.
 """
 
 from __future__ import annotations
@@ -80,18 +76,15 @@ def read_npz(path: str | Path, what: str) -> tuple[Split, tuple[str, ...] | None
         raise DataFormatError(f"{where} is not an npz archive (np.savez writes a zip file; this is not one)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if missing := [k for k in ("x", "y") if k not in archive.files]:
-                raise DataFormatError(
-                    f"{where}: missing array '{missing[0]}' (found {sorted(archive.files)})"
-                )
-            x, y = archive["x"], archive["y"]
-            names = archive["classes"] if "classes" in archive.files else None
+            files = sorted(archive.files)
+            arrays = {k: archive[k] for k in ("x", "y", "classes") if k in files}
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DataFormatError(f"{where} is a damaged or truncated npz archive ({err})") from err
     except ValueError as err:
-        if isinstance(err, DataFormatError):
-            raise
         raise DataFormatError(f"{where} holds an array that cannot be loaded safely ({err})") from err
+    if missing := [k for k in ("x", "y") if k not in arrays]:
+        raise DataFormatError(f"{where}: missing array '{missing[0]}' (found {files})")
+    x, y, names = arrays["x"], arrays["y"], arrays.get("classes")
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         hint = " (it looks channels-first: transpose it to HWC)" if x.ndim == 4 and x.shape[1] == 3 else ""
         raise DataFormatError(
@@ -111,14 +104,9 @@ def read_npz(path: str | Path, what: str) -> tuple[Split, tuple[str, ...] | None
 
 
 @functools.cache
-def _read_embedded_subset() -> tuple[Split, tuple[str, ...] | None]:
-    return read_npz(EMBEDDED_SUBSET, "embedded subset")
-
-
 def _embedded_subset() -> tuple[Split, tuple[str, ...] | None]:
-    """The committed subset, read once per process (a copy each time: callers own their tensors)."""
-    split, names = _read_embedded_subset()
-    return Split(split.images.clone(), split.labels.clone()), names
+    """The committed subset, read once per process."""
+    return read_npz(EMBEDDED_SUBSET, "embedded subset")
 
 
 def load_torchvision(root: str | Path, *, train: bool, download: bool) -> Split:
@@ -157,14 +145,8 @@ def balanced_subset(labels: Tensor, size: int, seed: int, what: str = "size") ->
     return torch.sort(torch.cat(picked)).values if picked else torch.empty(0, dtype=torch.int64)
 
 
-def _check_test_split(
-    test: Split,
-    names: tuple[str, ...] | None,
-    train: Split,
-    classes: tuple[str, ...],
-    train_named: bool,
-    where: str,
-) -> None:
+def _check_test_split(test: Split, names: tuple[str, ...] | None, train: Split, classes: tuple[str, ...],
+                      train_named: bool, where: str) -> None:  # fmt: skip
     if test.images.shape[1:] != train.images.shape[1:]:
         size, train_size = ("x".join(map(str, s.images.shape[2:])) for s in (test, train))
         raise DataFormatError(f"{where}: images are {size} but the training images are {train_size}")
@@ -182,7 +164,9 @@ def _check_test_split(
 
 
 def load_cifar10(cfg: DataConfig) -> CifarData:
-    """The training and evaluation splits ``cfg`` describes (see the module docstring)."""
+    """The splits: ``data.train_npz`` (``x`` uint8 ``(N, H, W, 3)``, ``y``, maybe ``classes``), else the
+    torchvision root ``data.data_dir``, else the embedded subset; tested on ``data.test_npz``, the
+    torchvision test split, or a seeded class-balanced hold-out."""
     test = None
     if cfg.train_npz is not None:
         train, names = read_npz(cfg.train_npz, "training npz (data.train_npz)")
@@ -192,7 +176,8 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
         test = load_torchvision(cfg.data_dir, train=False, download=cfg.download)
         names, source = CIFAR10_CLASSES, f"torchvision CIFAR10 {cfg.data_dir}"
     else:
-        train, names = _embedded_subset()
+        subset, names = _embedded_subset()
+        train = Split(subset.images.clone(), subset.labels.clone())  # a copy: callers own their tensors
         source = f"embedded subset {EMBEDDED_SUBSET.name}"
     count = int(train.labels.max()) + 1
     classes = names or (CIFAR10_CLASSES if count <= 10 else tuple(map(str, range(count))))
@@ -216,13 +201,8 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
     if len(train) == 0:
         raise ValueError("no training images are left: lower data.holdout or raise data.train_size")
     if len(test) < 2:
-        cause = (
-            f"data.test_size={cfg.test_size} leaves"
-            if cfg.test_size is not None
-            else f"data.holdout={cfg.holdout} leaves"
-            if test_name == "hold-out"
-            else "the test split has"
-        )
+        cause = "the test split has" if test_name == "test" else f"data.holdout={cfg.holdout} leaves"
+        cause = f"data.test_size={cfg.test_size} leaves" if cfg.test_size is not None else cause
         raise ValueError(f"{cause} {len(test)} {test_name} image(s); the evaluation needs at least 2")
     description = f"{source}: {len(train)} train / {len(test)} {test_name} (split_seed {cfg.split_seed})"
     return CifarData(train, test, classes, description)

@@ -1,8 +1,4 @@
-"""torchrun / DDP set-up that is a no-op in a single process.
-
-Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`init_distributed`
-then starts a process group (NCCL on CUDA, gloo on CPU) and pins each process to its GPU.
-"""
+"""torchrun / DDP set-up that is a no-op in a single process."""
 
 from __future__ import annotations
 
@@ -90,9 +86,8 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def wrap(model: nn.Module, info: DistInfo, compile: bool) -> nn.Module:
     """What the training step calls: the model in channels_last on CUDA, in DDP across processes, and
     compiled if asked (probes, evaluation and checkpoints use ``model`` itself)."""
-    net: nn.Module = model.to(memory_format=torch.channels_last) if info.device.type == "cuda" else model
+    cuda = info.device.type == "cuda"
+    net: nn.Module = model.to(memory_format=torch.channels_last) if cuda else model
     if info.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[info.device] if info.device.type == "cuda" else None
-        )
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[info.device] if cuda else None)
     return torch.compile(net) if compile else net  # type: ignore[return-value]

@@ -1,13 +1,5 @@
-"""Probes and the evaluation of frozen features, all deterministic given their seeds.
-
-- **Online probes** (:class:`OnlineProbe`): small heads trained during training on detached features with
-  their own Adam; under DDP their gradients are averaged so they stay equal on all ranks.
-- **Linear probe**: multinomial logistic regression on standardized features by full-batch L-BFGS from zero
-  (a convex problem); its L2 penalty is chosen on a seeded 10% validation part of the *training* features.
-- **k-NN**: cosine similarity, majority vote, ties to the more similar class.
-- **R²**: averaged over outputs, as scikit-learn's ``r2_score``; the MLP regressor draws its weights from a
-  seeded, forked RNG.
-- **Collapse diagnostics**: RankMe effective rank, normalized std, mean cosine, spectrum.
+"""Online probes and the evaluation of frozen features (linear probe, k-NN, R², collapse diagnostics), all
+deterministic given their seeds; docs/trainer.md describes each.
 """
 
 from __future__ import annotations
@@ -22,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.config import EvalConfig
-from common.data import balanced_subset
+from common.data import CifarData, balanced_subset
 from common.views import ROTATION_SINCOS
 from jepa_rate import collapse_metrics
 
@@ -101,14 +93,9 @@ def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, m
     head = nn.Linear(x.shape[1], num_classes, device=x.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    optimizer = torch.optim.LBFGS(
-        head.parameters(),
-        max_iter=max_iter,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
-    )
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=max_iter, history_size=20,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6,
+                                  tolerance_change=1e-9)  # fmt: skip
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -124,7 +111,8 @@ def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, m
 def linear_probe(
     train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int, cfg: EvalConfig
 ) -> dict[str, float]:
-    """Test accuracy of a logistic regression refit with the penalty that scored best on validation.
+    """Test accuracy of a logistic regression (L-BFGS from zero on standardized features) refit with the L2
+    penalty that scored best on a seeded 10% validation part of the training features.
 
     Examples:
         >>> x = torch.cat([torch.randn(50, 3) + 4, torch.randn(50, 3) - 4])
@@ -132,31 +120,22 @@ def linear_probe(
         >>> linear_probe(x, y, x, y, 2, EvalConfig())["linear_acc"]
         1.0
     """
-    train_x, test_x, decays = train_x.float(), test_x.float(), cfg.linear_weight_decays
+    train_x, test_x = train_x.float(), test_x.float()
+    decays, device = cfg.linear_weight_decays, train_y.device
     best = decays[0]
     if len(decays) > 1:
-        val = balanced_subset(train_y.cpu(), max(num_classes, len(train_y) // 10), cfg.seed).to(
-            train_y.device
-        )
-        fit = torch.ones(len(train_y), dtype=torch.bool, device=train_y.device)
+        val = balanced_subset(train_y.cpu(), max(num_classes, len(train_y) // 10), cfg.seed).to(device)
+        fit = torch.ones(len(train_y), dtype=torch.bool, device=device)
         fit[val] = False
         xf, xv = _standardize(train_x[fit], train_x[val])
-        scores = [
-            accuracy(
-                _fit_logistic(xf, train_y[fit], num_classes, wd, cfg.linear_max_iter)(xv).detach(),
-                train_y[val],
-            )
-            for wd in decays
-        ]
-        best = decays[max(range(len(scores)), key=lambda i: (scores[i], -i))]  # ties: the first
+        heads = [_fit_logistic(xf, train_y[fit], num_classes, wd, cfg.linear_max_iter) for wd in decays]
+        scores = [accuracy(head(xv).detach(), train_y[val]) for head in heads]
+        best = decays[scores.index(max(scores))]  # ties: the first
     xtr, xte = _standardize(train_x, test_x)
     head = _fit_logistic(xtr, train_y, num_classes, best, cfg.linear_max_iter)
     with torch.no_grad():
-        return {
-            "linear_acc": accuracy(head(xte), test_y),
-            "linear_train_acc": accuracy(head(xtr), train_y),
-            "linear_weight_decay": best,
-        }
+        test_acc, train_acc = accuracy(head(xte), test_y), accuracy(head(xtr), train_y)
+    return {"linear_acc": test_acc, "linear_train_acc": train_acc, "linear_weight_decay": best}
 
 
 def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 20) -> float:
@@ -173,17 +152,12 @@ def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
 
 def classification_metrics(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    num_classes: int,
-    cfg: EvalConfig,
-    device: torch.device,
+    train_x: Tensor, test_x: Tensor, data: CifarData, cfg: EvalConfig, device: torch.device
 ) -> dict[str, float]:
-    """Linear-probe and k-NN accuracy of one feature set, computed on ``device``."""
-    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    out = linear_probe(train_x, train_y, test_x, test_y, num_classes, cfg)
+    """Linear-probe and k-NN accuracy of features of ``data``'s splits, computed on ``device``."""
+    train_x, test_x = train_x.to(device), test_x.to(device)
+    train_y, test_y = data.train.labels.to(device), data.test.labels.to(device)
+    out = linear_probe(train_x, train_y, test_x, test_y, data.num_classes, cfg)
     return {**out, "knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k)}
 
 
@@ -217,19 +191,15 @@ def fit_mlp_regressor(
         train_x, train_y = train_x[keep[: cfg.regressor_max_train]], train_y[keep[: cfg.regressor_max_train]]
     xtr, xte = _standardize(train_x.float().to(device), test_x.float().to(device))
     target = train_y.float().to(device)
+    hidden, lr, steps = cfg.regressor_hidden, cfg.regressor_lr, cfg.regressor_steps
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        net = nn.Sequential(
-            nn.Linear(xtr.shape[1], cfg.regressor_hidden),
-            nn.ReLU(),
-            nn.Linear(cfg.regressor_hidden, target.shape[1]),
-        ).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.regressor_lr)
+        net = nn.Sequential(nn.Linear(xtr.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, target.shape[1]))
+    net = net.to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     with torch.enable_grad():
-        for step in range(cfg.regressor_steps):
-            optimizer.param_groups[0]["lr"] = (
-                0.5 * cfg.regressor_lr * (1 + math.cos(math.pi * step / cfg.regressor_steps))
-            )
+        for step in range(steps):
+            optimizer.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / steps))
             optimizer.zero_grad()
             F.mse_loss(net(xtr), target).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -262,13 +232,10 @@ def collapse_record(name: str, z: Tensor) -> tuple[dict[str, Any], str | None]:
     """
     m = collapse_metrics(z.detach().float())
     record = {
-        f"{name}.effective_rank": float(m.effective_rank),
-        f"{name}.normalized_std": float(m.normalized_std),
-        f"{name}.mean_cosine": float(m.mean_cosine),
-        f"{name}.collapsed": bool(m.collapsed),
-        f"{name}.spectrum": m.spectrum.cpu().tolist(),
-        f"{name}.std": m.std.cpu().tolist(),
-    }
+        f"{name}.effective_rank": float(m.effective_rank), f"{name}.normalized_std": float(m.normalized_std),
+        f"{name}.mean_cosine": float(m.mean_cosine), f"{name}.collapsed": bool(m.collapsed),
+        f"{name}.spectrum": m.spectrum.cpu().tolist(), f"{name}.std": m.std.cpu().tolist(),
+    }  # fmt: skip
     rank, std, dim = float(m.effective_rank), float(m.normalized_std), z.shape[1]
     warning = None
     if m.collapsed:

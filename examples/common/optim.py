@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from common.config import OptimConfig, RateConfig
-from jepa_rate import CodingRateLoss, CosineSchedule, warmup_cosine
+from jepa_rate import CodingRateLoss, warmup_cosine
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -80,23 +80,16 @@ def synchronize(device: torch.device) -> None:
 def time_rate(
     rate_loss: CodingRateLoss, shape: tuple[int, ...], device: torch.device, repeats: int = 3
 ) -> float:
-    """Median seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (the rows and width
-    it saw in the step; collectives included under DDP). The backward of ``R`` does not depend on the graph
-    upstream of ``z``, so this isolates the rate's own cost; a private generator leaves the RNG alone."""
-    z = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(0)).requires_grad_(
-        True
-    )
+    """Median seconds of one forward + backward of the rate on a fresh leaf of ``shape`` (collectives included
+    under DDP): the rate's own cost, as its backward does not depend on the graph upstream. Keeps the RNG."""
+    generator = torch.Generator(device).manual_seed(0)
+    z = torch.randn(shape, device=device, generator=generator).requires_grad_(True)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 1):  # the first is a warm-up
         synchronize(device)
         start = time.perf_counter()
         rate_loss(z).backward()
         synchronize(device)
         times.append(time.perf_counter() - start)
         z.grad = None
-    return sorted(times[1:])[len(times[1:]) // 2]
-
-
-def ema_schedule(start: float, end: float | None, total_steps: int) -> float | CosineSchedule:
-    """The EMA decay: a cosine ramp from ``start`` to ``end`` over the run; constant when ``end`` is None."""
-    return start if end is None else CosineSchedule(total_steps, start=start, end=end)
+    return sorted(times[1:])[repeats // 2]

@@ -14,32 +14,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 _SKIP = frozenset({"epoch", "step", "elapsed"})
+Records = Sequence[Mapping[str, Any]]
 
 
-def numeric_keys(records: Sequence[Mapping[str, Any]], exclude: frozenset[str] = _SKIP) -> list[str]:
+def numeric_keys(records: Records, exclude: frozenset[str] = _SKIP) -> list[str]:
     """Keys with a real-number value in some record, in first-seen order.
 
     Examples:
         >>> numeric_keys([{"epoch": 0, "loss": 1.0}, {"epoch": 1, "acc": 0.5, "tag": "x"}])
         ['loss', 'acc']
     """
-    return list(
-        dict.fromkeys(
-            k
-            for r in records
-            for k, v in r.items()
-            if k not in exclude and isinstance(v, (int, float)) and not isinstance(v, bool)
-        )
-    )
+    keys = (k for r in records for k, v in r.items() if k not in exclude and _is_number(v))
+    return list(dict.fromkeys(keys))
 
 
-def _panels(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    keys: Sequence[str],
-    x: str,
-    path: Path,
-    title: str | None,
-) -> Path:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _panels(runs: Mapping[str, Records], keys: Sequence[str], x: str, path: Path, title: str | None) -> Path:
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
@@ -50,16 +43,10 @@ def _panels(
         ax = fig.add_subplot(rows, cols, i + 1)
         for label, records in runs.items():
             points = [
-                (float(r.get(x, j)), float(r[key]))
-                for j, r in enumerate(records)
-                if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+                (float(r.get(x, j)), float(r[key])) for j, r in enumerate(records) if _is_number(r.get(key))
             ]
-            ax.plot(
-                *zip(*points, strict=True) if points else ([], []),
-                marker="o" if len(points) < 30 else None,
-                markersize=3,
-                label=label or None,
-            )
+            xy = zip(*points, strict=True) if points else ([], [])
+            ax.plot(*xy, marker="o" if len(points) < 30 else None, markersize=3, label=label or None)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
@@ -74,27 +61,17 @@ def _panels(
 
 
 def plot_metrics(
-    records: Sequence[Mapping[str, Any]],
-    path: Path,
-    keys: Sequence[str],
-    x: str = "epoch",
-    title: str | None = None,
+    records: Records, path: Path, keys: Sequence[str], x: str = "epoch", title: str | None = None
 ) -> Path:
     """One panel per metric of ``keys`` against ``x``."""
     return _panels({"": records}, keys, x, path, title)
 
 
 def plot_comparison(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
-    path: Path,
-    keys: Sequence[str] | None = None,
-    x: str = "epoch",
+    runs: Mapping[str, Records], path: Path, keys: Sequence[str] | None = None, x: str = "epoch"
 ) -> Path:
-    """The runs' curves overlaid, one panel per metric (default: the numeric keys all runs share, at most 9).
-
-    Raises:
-        ValueError: No metric to plot.
-    """
+    """The runs' curves overlaid, one panel per metric (default: the numeric keys all runs share, at most 9);
+    ``ValueError`` if there is none."""
     if keys is None:
         per_run = [numeric_keys(r, _SKIP | {x}) for r in runs.values()]
         keys = [k for k in per_run[0] if all(k in other for other in per_run[1:])][:9]
@@ -103,11 +80,9 @@ def plot_comparison(
     return _panels(runs, keys, x, path, None)
 
 
-def plot_run(records: Sequence[Mapping[str, Any]], folder: Path, step_keys: Sequence[str],
+def plot_run(records: Records, folder: Path, step_keys: Sequence[str],
              epoch_keys: Sequence[str], spectra: Sequence[str]) -> None:  # fmt: skip
-    """A run's plots: ``train_curves.png`` (``step_keys`` of the step records), ``epoch_metrics.png``
-    (``epoch_keys`` of the epoch records) and ``spectrum.png`` (the spectra of the representations named
-    in ``spectra`` at the first and the last epoch)."""
+    """A run's ``train_curves.png``, ``epoch_metrics.png`` and ``spectrum.png`` (first and last epoch)."""
     steps = [r for r in records if not isinstance(r.get("epoch"), int)]
     epochs = [r for r in records if isinstance(r.get("epoch"), int)]
     for rows, keys, name, x in (
@@ -146,13 +121,8 @@ class Progress:
     """A tqdm bar on a terminal, else a plain line every ``log_every`` steps; silent when not ``enabled``."""
 
     def __init__(self, total: int, initial: int, log_every: int, *, enabled: bool = True, stream: Any = None):
-        self.total, self.step, self.initial, self.log_every, self.enabled = (
-            total,
-            initial,
-            initial,
-            log_every,
-            enabled,
-        )
+        self.total, self.log_every, self.enabled = total, log_every, enabled
+        self.step = self.initial = initial
         self.stream, self.start, self.bar = stream or sys.stderr, time.perf_counter(), None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
             from tqdm.auto import tqdm
@@ -219,6 +189,5 @@ def format_report(path: Path, summary: Mapping[str, Any]) -> str:
         lines += [f"  {group}: " + " | ".join(parts)] if parts else []
     rate = _fmt(summary.get("rate_time_share"), "share")
     lines.append(f"  {_fmt(summary.get('images_per_s'), 'img/s')} img/s | coding rate {rate} of step time")
-    return "\n".join(
-        [*lines, f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)"]
-    )
+    lines.append(f"  outputs: {path}/ (summary.json, metrics.jsonl, metrics.csv, *.png, last.pt)")
+    return "\n".join(lines)

@@ -1,11 +1,5 @@
-"""Rotation sequences of CIFAR images for seq-JEPA, batched on the device.
-
-A sequence is ``M + 1`` views of one image: view 0 unrotated, each other view rotated by its own number of
-counterclockwise quarter turns ``k`` (``torch.rot90(x, k, dims=(-2, -1))``); views ``0 .. M-1`` are observed,
-view ``M`` is the target. Action ``i`` is the relative rotation from view ``i`` to view ``i + 1``, coded as
-``[sin, cos]`` of its angle or one-hot of ``(k[i+1] - k[i]) mod 4``. Crop and flip come before the rotation,
-so the rotation between two views stays the one their codes say.
-"""
+"""Rotation sequences of CIFAR images for seq-JEPA, batched on the device: ``M + 1`` views of an image, each
+rotated by its own counterclockwise quarter turns (view 0 unrotated; crop and flip come first)."""
 
 from __future__ import annotations
 
