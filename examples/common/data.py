@@ -180,6 +180,11 @@ def load_cifar10(cfg: DataConfig) -> CifarData:
         train = Split(subset.images.clone(), subset.labels.clone())  # a copy: callers own their tensors
         source = f"embedded subset {EMBEDDED_SUBSET.name}"
     count = int(train.labels.max()) + 1
+    if names is None and count > len(train):  # unnamed labels are class indices: one class per image at most
+        raise DataFormatError(
+            f"{source}: label {count - 1} exceeds what {len(train)} training images can index; labels must "
+            "be class indices 0..K-1 (or add a 'classes' array naming them)"
+        )
     classes = names or (CIFAR10_CLASSES if count <= 10 else tuple(map(str, range(count))))
     if cfg.test_npz is not None:
         what = "test npz (data.test_npz)"

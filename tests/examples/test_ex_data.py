@@ -142,6 +142,13 @@ def test_holdout_from_training_npz(tmp_path: Path) -> None:
     assert "150 train / 50 hold-out" in data.description
 
 
+def test_huge_unnamed_labels_are_one_clear_error(tmp_path: Path) -> None:
+    x = np.zeros((10, 32, 32, 3), np.uint8)
+    np.savez(tmp_path / "big.npz", x=x, y=np.array([0] * 9 + [2**62], np.int64))
+    with pytest.raises(DataFormatError, match=f"label {2**62} exceeds what 10 training images can index"):
+        load_cifar10(DataConfig(train_npz=str(tmp_path / "big.npz")))
+
+
 def test_explicit_test_npz_and_subset_sizes(tmp_path: Path) -> None:
     train_path = _write_npz(tmp_path / "train.npz", 20, seed=0)
     test_path = _write_npz(tmp_path / "test.npz", 6, seed=1)
