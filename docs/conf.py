@@ -36,7 +36,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "results_table.md"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "results_table.md", "results/step2/*.md"]
 templates_path = ["_templates"]
 
 # MyST: $...$ / $$...$$ math and amsmath environments; headings up to level 3 get anchors for #links.
