@@ -58,7 +58,8 @@ class CodingRateComponents(NamedTuple):
 
 class _RateResult(NamedTuple):
     core: GramLogdet
-    beyond_contract: Tensor
+    rows: Tensor  # what the kernel factored, for the contract count of forward_components
+    mode: ReduceMode
     scale: float
     k: int
     batch_shape: torch.Size
@@ -87,13 +88,12 @@ def _rate(z: Tensor, settings: RateSettings) -> _RateResult:
         core = half_logdet(x, scale, mode, settings.group, settings.fallback)
     if settings.nonfinite == "raise":
         check_gram_finite(core.scaled_trace, x.dtype)
-    beyond = beyond_float32_contract(x, mode, core.scaled_trace)
     out_dtype = output_dtype(z)
     if core.rate.dtype != out_dtype:
         # compute_dtype=float64 for lower-precision input comes back as float32, compute_dtype=float32 for
         # float64 input as float64: the output follows the input.
         core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
-    return _RateResult(core, beyond, scale, min(total_n, d), z.shape[:-2])
+    return _RateResult(core, x, mode, scale, min(total_n, d), z.shape[:-2])
 
 
 def coding_rate(
@@ -277,6 +277,7 @@ class CodingRateLoss(nn.Module):
         # R <= R_max holds exactly; rounding may put the ratio a hair above 1. A NaN rate or bound stays NaN,
         # and only an all-zero set (R = R_max = 0) reads 0.
         ratio = torch.where(r_max == 0, 0.0, (rate / r_max).clamp_max(1.0))
+        beyond = beyond_float32_contract(result.rows, result.mode, result.core.scaled_trace)
         mean_rate = rate.mean()
         return CodingRateComponents(
             loss=-self.weight * mean_rate,
@@ -285,5 +286,5 @@ class CodingRateLoss(nn.Module):
             # A fill on the device: torch.tensor would copy from the host and synchronize on CUDA.
             scale=torch.full((), result.scale, dtype=rate.dtype, device=rate.device),
             fallback_count=result.core.failed.sum(),
-            beyond_contract_count=result.beyond_contract.sum(),
+            beyond_contract_count=beyond.sum(),
         )
