@@ -4,7 +4,6 @@ float32 matmuls (TF32 and bf16 passes)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 
@@ -37,13 +36,7 @@ def float32_island(device: torch.device) -> contextlib.AbstractContextManager[ob
 
 def autocast_enabled(device: torch.device) -> bool:
     """Whether autocast is active on ``device``; ``False`` where it has none (the meta device)."""
-    return _autocast_available(device.type) and torch.is_autocast_enabled(device.type)
-
-
-@functools.cache
-def _autocast_available(device_type: str) -> bool:
-    # Asked on every call of the loss and its backward, and fixed for a device type: cached.
-    return torch.amp.is_autocast_available(device_type)
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
 
 
 @torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
