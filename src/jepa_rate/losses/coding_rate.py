@@ -62,7 +62,6 @@ class _RateResult(NamedTuple):
     mode: ReduceMode
     scale: float
     k: int
-    batch_shape: torch.Size
 
 
 def _rate(z: Tensor, settings: RateSettings) -> _RateResult:
@@ -93,7 +92,7 @@ def _rate(z: Tensor, settings: RateSettings) -> _RateResult:
         # compute_dtype=float64 for lower-precision input comes back as float32, compute_dtype=float32 for
         # float64 input as float64: the output follows the input.
         core = GramLogdet(core.rate.to(out_dtype), core.info, core.scaled_trace.to(out_dtype))
-    return _RateResult(core, x, mode, scale, min(total_n, d), z.shape[:-2])
+    return _RateResult(core, x, mode, scale, min(total_n, d))
 
 
 def coding_rate(
